@@ -1,0 +1,213 @@
+"""Typed run configuration with the paper's defaults, dataset presets (Table 9), YAML/JSON loading
+and command-line overrides.
+
+Field names are unique across sections so that every field is one flat flag (``--graph-alpha 9``);
+``--alpha`` / ``--sigma`` set both whole-word tables at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+SIZES = ("tiny", "cpu", "small")
+TASKS = ("explanation", "sequential", "direct")
+
+
+@dataclass
+class ModelConfig:
+    size: str = "small"  # tiny | cpu | small (the t5-small architecture); ignored with a backbone
+    backbone: str | None = None  # pretrained T5: hub name or local directory (its tokenizer is used)
+    graph_alpha: float = 9.0  # scale of graph-aware whole-word embeddings (direct, explanation)
+    graph_sigma: float = 6.0  # std of the random node features E0
+    graph_layers: int = 4  # LightGCN propagation depth L
+    seq_alpha: float = 6.0  # scale of incremental whole-word embeddings (sequential)
+    seq_sigma: float = 6.0
+    n_positions: int = 512  # rows of the incremental table
+    n_soft_prompts: int = 3  # trainable prompt vectors per task
+    use_graph: bool = True  # False: plain learned whole-word ids (no propagation)
+    use_incremental: bool = True  # False: sequential prompts use the id-based whole-word embeddings
+    use_soft_prompts: bool = True
+    dropout: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))  # explanation only if data has it
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    epochs: int = 100
+    patience: int = 5
+    steps_per_epoch: int | None = None  # batches per task per epoch; None = one sample per user
+    valid_users: int | None = 2000  # users in the validation-loss subset; None = all
+    budget_minutes: float | None = None  # stop training (and keep the best checkpoint) after this
+    n_negatives: int = 99
+    max_history: int = 20
+    max_explanation_tokens: int = 20
+    seed: int = 2024
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = False  # bf16 autocast on GPU
+    threads: int | None = None  # torch intra-op threads on CPU
+
+
+@dataclass
+class EvalConfig:
+    beams: int = 30  # sequential beam width
+    top_n: int = 10
+    extra_candidates: int = 15  # N: candidates beyond top_n that reranking may drop
+    rerank: bool = True
+    direct_decode: str = "score"  # score (exact likelihood of every candidate) | beam (paper)
+    direct_beams: int = 20
+    explanation_beams: int = 4
+    eval_batch_size: int = 16
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    preset: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        from .io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+# Table 9 of the paper: (alpha, sigma, N, L) for the direct and the sequential model.
+PRESETS: dict[str, dict] = {
+    "sports": dict(graph_alpha=5, graph_sigma=5, graph_layers=4, seq_alpha=1, seq_sigma=5, extra_candidates=10),
+    "beauty": dict(graph_alpha=9, graph_sigma=6, graph_layers=4, seq_alpha=6, seq_sigma=6, extra_candidates=15),
+    "toys": dict(graph_alpha=11, graph_sigma=5, graph_layers=4, seq_alpha=9, seq_sigma=5, extra_candidates=10),
+}
+
+_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
+_ALIASES = {"alpha": ("graph_alpha", "seq_alpha"), "sigma": ("graph_sigma", "seq_sigma")}
+
+
+def _section_of(name: str) -> str:
+    for section, cls in _SECTIONS.items():
+        if name in {f.name for f in fields(cls)}:
+            return section
+    raise KeyError(name)
+
+
+def _validate(data: dict) -> Config:
+    try:
+        cfg = TypeAdapter(Config).validate_python(data)
+    except ValidationError as e:
+        raise ValueError(f"invalid configuration:\n{e}") from None
+    problems = []
+    if cfg.model.size not in SIZES and not cfg.model.backbone:
+        problems.append(f"model.size must be one of {SIZES}, got {cfg.model.size!r}")
+    if unknown := set(cfg.train.tasks) - set(TASKS):
+        problems.append(f"train.tasks: unknown task(s) {sorted(unknown)}; expected {TASKS}")
+    if cfg.eval.direct_decode not in ("score", "beam"):
+        problems.append("eval.direct_decode must be 'score' or 'beam'")
+    if cfg.train.device not in ("auto", "cpu", "cuda") and not cfg.train.device.startswith("cuda:"):
+        problems.append("train.device must be auto, cpu or cuda")
+    if cfg.eval.beams < cfg.eval.top_n:
+        problems.append("eval.beams must be >= eval.top_n")
+    for name, value in [("batch_size", cfg.train.batch_size), ("epochs", cfg.train.epochs)]:
+        if value < 1:
+            problems.append(f"train.{name} must be >= 1")
+    if cfg.preset is not None and cfg.preset not in PRESETS:
+        problems.append(f"unknown preset {cfg.preset!r}; expected one of {sorted(PRESETS)}")
+    if problems:
+        raise ValueError("invalid configuration: " + "; ".join(problems))
+    return cfg
+
+
+def load_config(
+    path: str | Path | None = None, preset: str | None = None, overrides: dict | None = None
+) -> Config:
+    """Layered configuration: defaults < preset < file (YAML or JSON) < overrides (flat field names)."""
+    data: dict = {"model": {}, "train": {}, "eval": {}}
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ValueError(f"{p}: configuration file not found") from None
+        except yaml.YAMLError as e:
+            raise ValueError(f"{p}: not valid YAML/JSON: {e}") from None
+        if not isinstance(raw, dict) or set(raw) - {"model", "train", "eval", "preset"}:
+            raise ValueError(f"{p}: expected a mapping with sections model, train, eval (and preset)")
+        preset = preset or raw.get("preset")
+        for s in _SECTIONS:
+            data[s].update(raw.get(s) or {})
+    flat: dict = {}
+    if preset:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+        flat.update(PRESETS[preset])
+    for s in _SECTIONS:  # file values win over the preset
+        flat.update(data[s])
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        for name in _ALIASES.get(key, (key,)):
+            flat[name] = value
+    nested: dict = {"model": {}, "train": {}, "eval": {}, "preset": preset}
+    for name, value in flat.items():
+        try:
+            nested[_section_of(name)][name] = value
+        except KeyError:
+            raise ValueError(f"unknown configuration field {name!r}") from None
+    return _validate(nested)
+
+
+def _flag_type(tp) -> tuple[typing.Callable, dict]:
+    origin = typing.get_origin(tp)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        tp, origin = args[0], typing.get_origin(args[0])
+    if tp is bool:
+        return None, {"action": argparse.BooleanOptionalAction}
+    if origin is list:
+        return None, {"type": lambda s: [x for x in s.split(",") if x]}
+    return tp, {}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field (``--graph-alpha``, ``--no-use-graph``) plus ``--alpha``/``--sigma``."""
+    parser.add_argument("--config", help="YAML or JSON file with model/train/eval sections")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="hyper-parameters of the paper's Table 9")
+    parser.add_argument("--alpha", type=float, help="set graph_alpha and seq_alpha")
+    parser.add_argument("--sigma", type=float, help="set graph_sigma and seq_sigma")
+    hints = {}
+    for cls in _SECTIONS.values():
+        hints.update(typing.get_type_hints(cls))
+    for section, cls in _SECTIONS.items():
+        group = parser.add_argument_group(f"{section} configuration")
+        for f in fields(cls):
+            conv, extra = _flag_type(hints[f.name])
+            kwargs = {"dest": f"cfg_{f.name}", "default": None, **extra}
+            if conv is not None and "type" not in kwargs:
+                kwargs["type"] = conv
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            group.add_argument("--" + f.name.replace("_", "-"), help=f"default: {default}", **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
+    overrides["alpha"], overrides["sigma"] = args.alpha, args.sigma
+    return load_config(args.config, args.preset, overrides)
+
+
+def config_from_dict(data: dict) -> Config:
+    return _validate(data)

@@ -1,0 +1,70 @@
+"""The user-item graph of TRAINING interactions and LightGCN propagation over it.
+
+Node indices match the graph-aware whole-word indices: user u -> u, item i -> n_users + i, and
+node 0 is an isolated padding node.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+
+def normalized_adjacency(n_users: int, n_items: int, users: np.ndarray, items: np.ndarray) -> sp.csr_matrix:
+    """A_hat = D^-1/2 A D^-1/2 of the symmetric bipartite graph (float32 CSR).
+
+    ``users``/``items`` must be training interactions only (Dataset.train_pairs); repeated pairs
+    count once.
+    """
+    n = n_users + n_items + 1
+    pairs = np.unique(np.stack([np.asarray(users), np.asarray(items)], axis=1), axis=0)
+    u, i = pairs[:, 0], n_users + pairs[:, 1]
+    rows, cols = np.concatenate([u, i]), np.concatenate([i, u])
+    degree = np.bincount(rows, minlength=n).astype(np.float64)
+    inv_sqrt = np.zeros(n)
+    inv_sqrt[degree > 0] = degree[degree > 0] ** -0.5
+    values = (inv_sqrt[rows] * inv_sqrt[cols]).astype(np.float32)
+    return sp.csr_matrix((values, (rows, cols)), shape=(n, n))
+
+
+def _propagate_numpy(adjacency: sp.csr_matrix, x: np.ndarray, layers: int) -> np.ndarray:
+    out = x.copy()
+    h = x
+    for _ in range(layers):
+        h = adjacency @ h
+        out += h
+    out *= 1.0 / (layers + 1)
+    return out
+
+
+class _LightGCN(torch.autograd.Function):
+    """E = P E0 with P = mean(I, A, ..., A^L) on the CPU. A is symmetric, so P is too and the
+    gradient is P G: the same propagation. SciPy's CSR product is 2-4x faster than torch's CPU
+    sparse kernels, and this runs in every direct/explanation training step."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, adjacency: sp.csr_matrix, layers: int) -> torch.Tensor:
+        ctx.adjacency, ctx.layers = adjacency, layers
+        return torch.from_numpy(_propagate_numpy(adjacency, x.detach().numpy(), layers))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        g = _propagate_numpy(ctx.adjacency, grad.contiguous().numpy(), ctx.layers)
+        return torch.from_numpy(g), None, None
+
+
+def lightgcn(adjacency: sp.csr_matrix, features: torch.Tensor, layers: int) -> torch.Tensor:
+    """mean(E0, A_hat E0, ..., A_hat^L E0): no weights, no non-linearity; differentiable in E0."""
+    if features.device.type == "cpu" and features.dtype == torch.float32:
+        return _LightGCN.apply(features, adjacency, layers)
+    coo = adjacency.tocoo()
+    a = torch.sparse_coo_tensor(
+        torch.as_tensor(np.stack([coo.row, coo.col]), dtype=torch.long),
+        torch.as_tensor(coo.data), adjacency.shape, device=features.device, dtype=features.dtype,
+    ).coalesce()
+    out = h = features
+    for _ in range(layers):
+        h = torch.sparse.mm(a, h)
+        out = out + h
+    return out / (layers + 1)

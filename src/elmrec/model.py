@@ -1,0 +1,196 @@
+"""ELMRec: a T5 encoder-decoder whose input embeddings carry whole-word embeddings (SPEC section 2).
+
+    input_embedding(token) = token_embedding(token) + alpha * whole_word_embedding(id_of(token))
+
+- graph-aware whole-word embeddings (direct, explanation): LightGCN propagation of a trainable
+  random table E0 over the training user-item graph, recomputed every training step;
+- incremental whole-word embeddings (sequential): the k-th id of the prompt gets row k of its own
+  table, so recency is visible;
+- per-task soft prompts prepended to the encoder input.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
+
+from .config import ModelConfig
+from .graph import lightgcn, normalized_adjacency
+from .io import atomic_directory
+from .tasks import DIRECT, EXPLANATION, SEQUENTIAL, TASK_IDS
+
+# Named backbone sizes. "tiny" and "small" match SPEC section 7; "cpu" is the size we train on a
+# 2-core machine; "small" is the t5-small architecture.
+T5_SIZES = {
+    "tiny": dict(d_model=128, d_ff=512, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=32),
+    "cpu": dict(d_model=256, d_ff=1024, num_layers=4, num_decoder_layers=4, num_heads=4, d_kv=64),
+    "small": dict(d_model=512, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8, d_kv=64),
+}
+CONFIG_FILE, WEIGHTS_FILE, GRAPH_FILE = "elmrec_config.json", "model.safetensors", "graph.safetensors"
+
+
+def build_backbone(config: ModelConfig, vocab_size: int, seed: int) -> T5ForConditionalGeneration:
+    """A randomly initialised T5 of a named size, or a pretrained one (hub name or directory)."""
+    if config.backbone:
+        return T5ForConditionalGeneration.from_pretrained(config.backbone)
+    torch.manual_seed(seed)
+    t5_config = T5Config(
+        vocab_size=vocab_size, dropout_rate=config.dropout, feed_forward_proj="relu",
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **T5_SIZES[config.size],
+    )
+    return T5ForConditionalGeneration(t5_config)
+
+
+class ELMRec(nn.Module):
+    def __init__(
+        self, config: ModelConfig, t5: T5ForConditionalGeneration, n_users: int, n_items: int,
+        adjacency: sp.csr_matrix,
+    ):
+        super().__init__()
+        self.config, self.t5 = config, t5
+        self.n_users, self.n_items = n_users, n_items
+        self.adjacency = adjacency  # training interactions only; see graph.py
+        d = t5.config.d_model
+        # E0: random node features N(0, sigma^2); row 0 is padding (tokens outside ids).
+        self.graph_table = nn.Parameter(torch.randn(n_users + n_items + 1, d) * config.graph_sigma)
+        self.position_table = nn.Parameter(torch.randn(config.n_positions, d) * config.seq_sigma)
+        self.soft_prompts = nn.Parameter(torch.randn(len(TASK_IDS), config.n_soft_prompts, d) * 0.5)
+        self._graph_cache: torch.Tensor | None = None
+
+    # --- whole-word embeddings ---------------------------------------------------------------
+    def graph_embeddings(self) -> torch.Tensor:
+        """E = LightGCN(E0), recomputed in training (gradients reach E0), cached for inference."""
+        if self.training or torch.is_grad_enabled():
+            self._graph_cache = None
+            return self._propagate()
+        if self._graph_cache is None:
+            self._graph_cache = self._propagate()
+        return self._graph_cache
+
+    def _propagate(self) -> torch.Tensor:
+        if not self.config.use_graph:  # ablation: plain learned whole-word ids
+            return self.graph_table
+        return lightgcn(self.adjacency, self.graph_table, self.config.graph_layers)
+
+    def train(self, mode: bool = True):
+        self._graph_cache = None  # parameters are about to change
+        return super().train(mode)
+
+    def whole_word(self, task: str, whole_word: torch.Tensor) -> torch.Tensor:
+        """alpha * whole-word embedding of every token; index 0 contributes nothing."""
+        if task == SEQUENTIAL and self.config.use_incremental:
+            idx = whole_word.clamp(max=self.config.n_positions - 1)
+            table, alpha = self.position_table, self.config.seq_alpha
+        else:
+            idx, table, alpha = whole_word, self.graph_embeddings(), self.config.graph_alpha
+        emb = table[idx] * (idx > 0).unsqueeze(-1).to(table.dtype)
+        return alpha * emb
+
+    # --- encoder / decoder -------------------------------------------------------------------
+    def encode(
+        self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, whole_word: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder states and mask for a batch of one task's prompts (soft prompts prepended)."""
+        x = self.t5.shared(input_ids) + self.whole_word(task, whole_word).to(self.t5.dtype)
+        if self.config.use_soft_prompts:
+            prompts = self.soft_prompts[TASK_IDS[task]].to(x.dtype).expand(x.shape[0], -1, -1)
+            x = torch.cat([prompts, x], dim=1)
+            ones = attention_mask.new_ones(x.shape[0], prompts.shape[1])
+            attention_mask = torch.cat([ones, attention_mask], dim=1)
+        hidden = self.t5.encoder(inputs_embeds=x, attention_mask=attention_mask).last_hidden_state
+        return hidden, attention_mask
+
+    def decode(
+        self, encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor, decoder_input_ids: torch.Tensor,
+        cache=None, use_cache: bool = False,
+    ):
+        """Decoder logits; the encoder mask is passed so cross-attention never looks at padding."""
+        return self.t5(
+            encoder_outputs=(encoder_hidden,), attention_mask=encoder_mask,
+            decoder_input_ids=decoder_input_ids, cache=cache, use_cache=use_cache,
+        )
+
+    def forward(
+        self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, whole_word: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> torch.Tensor:
+        """Mean token cross-entropy of the targets (labels padded with -100)."""
+        hidden, mask = self.encode(task, input_ids, attention_mask, whole_word)
+        return self.t5(encoder_outputs=(hidden,), attention_mask=mask, labels=labels).loss
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def save_pretrained(
+        self, directory: str | Path, tokenizer: PreTrainedTokenizerBase,
+        extra_files: dict[str, str | bytes] | None = None,
+    ) -> Path:
+        """Write config, safetensors weights, graph, tokenizer (and e.g. id maps) atomically."""
+        with atomic_directory(directory) as tmp:
+            self.t5.config.save_pretrained(tmp)
+            meta = {"model": asdict(self.config), "n_users": self.n_users, "n_items": self.n_items}
+            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+            # T5 ties shared/encoder/decoder embeddings and lm_head: store the one tensor once
+            for k in ("t5.encoder.embed_tokens.weight", "t5.decoder.embed_tokens.weight", "t5.lm_head.weight"):
+                if k in state and state[k].data_ptr() == state["t5.shared.weight"].data_ptr():
+                    del state[k]
+            save_file(state, str(tmp / WEIGHTS_FILE))
+            adj = self.adjacency
+            save_file(
+                {"indptr": torch.as_tensor(adj.indptr.astype(np.int64)),
+                 "indices": torch.as_tensor(adj.indices.astype(np.int64)),
+                 "data": torch.as_tensor(adj.data)},
+                str(tmp / GRAPH_FILE),
+            )
+            tokenizer.save_pretrained(tmp)
+            for name, content in (extra_files or {}).items():
+                if isinstance(content, bytes):
+                    (tmp / name).write_bytes(content)
+                else:
+                    (tmp / name).write_text(content)
+        return Path(directory)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu"
+    ) -> tuple[ELMRec, PreTrainedTokenizerBase]:
+        d = Path(directory)
+        if not (d / CONFIG_FILE).is_file() or not (d / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"{d}: not an elmrec checkpoint (missing {CONFIG_FILE} or {WEIGHTS_FILE})")
+        meta = json.loads((d / CONFIG_FILE).read_text())
+        config = ModelConfig(**meta["model"])
+        t5 = T5ForConditionalGeneration(T5Config.from_pretrained(d))
+        g = load_file(str(d / GRAPH_FILE))
+        n = meta["n_users"] + meta["n_items"] + 1
+        adj = sp.csr_matrix((g["data"].numpy(), g["indices"].numpy(), g["indptr"].numpy()), shape=(n, n))
+        model = cls(config, t5, meta["n_users"], meta["n_items"], adj)
+        state = load_file(str(d / WEIGHTS_FILE))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = {"t5.encoder.embed_tokens.weight", "t5.decoder.embed_tokens.weight", "t5.lm_head.weight"}
+        if unexpected or set(missing) - tied:
+            raise ValueError(f"{d}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+        if t5.config.tie_word_embeddings is not False:
+            t5.tie_weights()
+        model.eval()
+        return model.to(device), AutoTokenizer.from_pretrained(d)
+
+
+def build_model(
+    config: ModelConfig, n_users: int, n_items: int, train_users: np.ndarray, train_items: np.ndarray,
+    vocab_size: int, seed: int,
+) -> ELMRec:
+    """A fresh ELMRec over the graph of the given (training) interactions."""
+    t5 = build_backbone(config, vocab_size, seed)
+    adjacency = normalized_adjacency(n_users, n_items, train_users, train_items)
+    torch.manual_seed(seed + 1)
+    return ELMRec(config, t5, n_users, n_items, adjacency)
+
+
+__all__ = ["ELMRec", "build_model", "T5_SIZES", "SEQUENTIAL", "DIRECT", "EXPLANATION"]

@@ -1,0 +1,95 @@
+"""Prompt templates and rendering with id spans.
+
+Rendering a sample writes ``user_123`` / ``item_4567`` and records, for every id, its character
+span and its whole-word index, so tokenisation can assign whole-word indices from offsets in one
+vectorised step instead of re-scanning token strings:
+
+- graph-aware indices (direct, explanation): user u -> u, item i -> n_users + i;
+- incremental indices (sequential): the user -> 1, then history items oldest to newest -> 2, 3, ...
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .tasks import DIRECT, EXPLANATION, SEQUENTIAL, Sample
+
+# Paraphrases sampled in training; the terse template (index 0) is also used for evaluation.
+TEMPLATES: dict[str, list[str]] = {
+    SEQUENTIAL: [
+        "{user} {history}",
+        "{user} has bought {history} in this order . what will the user buy next ?",
+        "here is the purchase history of {user} : {history} . predict the next item .",
+        "{user} interacted with {history} . which item comes next ?",
+    ],
+    DIRECT: [
+        "{user} {candidates}",
+        "which of these items should we recommend to {user} ? {candidates}",
+        "{user} is choosing among {candidates} . pick the item the user will like most .",
+        "from {candidates}, select one item for {user} .",
+    ],
+    EXPLANATION: [
+        "{user} {item}",
+        "explain why {user} likes {item} .",
+        "write the short review that {user} would give {item} .",
+        "what would {user} say about {item} ?",
+    ],
+}
+EVAL_TEMPLATE = 0
+_FIELD = re.compile(r"\{(\w+)\}")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    spans: np.ndarray  # (n_ids, 3): char start, char end (exclusive), whole-word index
+
+
+def render(sample: Sample, template: int, n_users: int, incremental: bool) -> Prompt:
+    """Write the sample into a template, recording the span and whole-word index of every id."""
+    if sample.task == SEQUENTIAL:
+        fields = {"user": [("user", sample.user)], "history": [("item", i) for i in sample.items]}
+    elif sample.task == DIRECT:
+        fields = {"user": [("user", sample.user)], "candidates": [("item", i) for i in sample.items]}
+    else:
+        fields = {"user": [("user", sample.user)], "item": [("item", sample.items[0])]}
+    use_incremental = incremental and sample.task == SEQUENTIAL
+    order = {("user", sample.user): 1}  # incremental: user first, then history oldest to newest
+    if use_incremental:
+        for k, i in enumerate(sample.items):
+            order.setdefault(("item", i), k + 2)
+    parts: list[str] = []
+    spans: list[tuple[int, int, int]] = []
+    pos = 0
+    sep = " " if template == EVAL_TEMPLATE else ", "
+    for k, piece in enumerate(_FIELD.split(TEMPLATES[sample.task][template])):
+        if k % 2 == 0:  # literal text
+            parts.append(piece)
+            pos += len(piece)
+            continue
+        for j, (kind, ident) in enumerate(fields[piece]):
+            if j:
+                parts.append(sep)
+                pos += len(sep)
+            word = f"{kind}_{ident}"
+            if use_incremental:
+                ww = order[(kind, ident)]
+            else:
+                ww = ident if kind == "user" else n_users + ident
+            spans.append((pos, pos + len(word), ww))
+            parts.append(word)
+            pos += len(word)
+    return Prompt("".join(parts), np.asarray(spans, dtype=np.int64).reshape(-1, 3))
+
+
+def target_text(sample: Sample) -> str:
+    """Item targets are generated as the bare number ("4567"); explanations as words."""
+    return str(sample.target)
+
+
+def corpus() -> list[str]:
+    """Template words, for building the package's own tokenizer."""
+    return [_FIELD.sub("", t) for ts in TEMPLATES.values() for t in ts]

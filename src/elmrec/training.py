@@ -1,0 +1,319 @@
+"""Multi-task training (SPEC section 3): batches rotate explanation -> sequential -> direct, AdamW,
+early stopping on the mean validation loss, atomic checkpoints and exact resume.
+
+Every epoch draws its samples from a generator seeded by (seed, epoch) and reseeds torch (dropout)
+the same way, so a run resumed from the last completed epoch continues exactly as an
+uninterrupted one. Nothing here is global: rank/world_size shard the users so the same loop can
+run under torchrun later; only rank 0 logs and saves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save as save_tensors
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from . import tasks as T
+from .config import Config, config_from_dict
+from .data import Dataset
+from .io import atomic_directory, atomic_write_text
+from .model import ELMRec, build_model
+from .prompts import EVAL_TEMPLATE, TEMPLATES, render, target_text
+from .tokenization import build_tokenizer, encode_prompts, encode_targets
+
+BEST, LAST, STATE_FILE, LOG_FILE = "best", "last", "training_state.pt", "log.jsonl"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def active_tasks(cfg: Config, dataset: Dataset) -> list[str]:
+    """Tasks in rotation order; explanation only where the data has review sentences."""
+    order = [t for t in T.TASK_IDS if t in cfg.train.tasks]
+    return [t for t in order if t != T.EXPLANATION or dataset.has_explanations]
+
+
+@dataclass
+class Batch:
+    task: str
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    size: int
+
+
+def make_batch(
+    samples: list[T.Sample], templates: list[int], tokenizer: PreTrainedTokenizerBase, n_users: int,
+    cfg: Config, device: torch.device,
+) -> Batch:
+    task = samples[0].task
+    prompts = [render(s, t, n_users, cfg.model.use_incremental) for s, t in zip(samples, templates)]
+    max_tokens = cfg.train.max_explanation_tokens + 1 if task == T.EXPLANATION else None
+    return Batch(
+        task,
+        encode_prompts(tokenizer, prompts, device),
+        encode_targets(tokenizer, [target_text(s) for s in samples], max_tokens, device),
+        len(samples),
+    )
+
+
+def checkpoint_files(dataset: Dataset, cfg: Config) -> dict[str, str | bytes]:
+    """What a checkpoint carries besides the model: run config, dataset identity, histories and
+    id maps (so recommendations need no dataset directory)."""
+    info = {**dataset.summary(), "source": dataset.name}
+    files: dict[str, str | bytes] = {
+        "run_config.json": json.dumps(cfg.to_dict(), indent=2) + "\n",
+        "dataset.json": json.dumps(info, indent=2) + "\n",
+        "histories.safetensors": save_tensors(
+            {"offsets": torch.as_tensor(dataset.offsets), "items": torch.as_tensor(dataset.items)}
+        ),
+    }
+    if dataset.user_names and dataset.item_names:
+        maps = {"id2user": {str(k): v for k, v in enumerate(dataset.user_names) if k},
+                "id2item": {str(k): v for k, v in enumerate(dataset.item_names) if k}}
+        files["datamaps.json"] = json.dumps(maps) + "\n"
+    return files
+
+
+class _Training:
+    """State of one run; methods are the steps of the loop in ``train``."""
+
+    def __init__(self, cfg: Config, dataset: Dataset, out_dir: Path, rank: int, world_size: int):
+        self.cfg, self.data, self.out = cfg, dataset, out_dir
+        self.rank, self.world = rank, world_size
+        self.device = resolve_device(cfg.train.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.tasks = active_tasks(cfg, dataset)
+        if not self.tasks:
+            raise ValueError(f"no trainable task among {cfg.train.tasks} for this dataset")
+        if cfg.model.backbone:
+            self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.backbone)
+        else:
+            texts = [r[2] for r in (dataset.explanations or {}).get("train", [])]
+            self.tokenizer = build_tokenizer(texts)
+        users, items = dataset.train_pairs()
+        self.model = build_model(
+            cfg.model, dataset.n_users, dataset.n_items, users, items, len(self.tokenizer), cfg.train.seed
+        ).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        )
+        warmup = max(1, cfg.train.warmup_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / warmup)
+        )
+        self.epoch, self.best, self.bad_epochs, self.elapsed = 0, math.inf, 0, 0.0
+        self.valid_batches = self._validation_batches()
+
+    # --- data ---------------------------------------------------------------------------------
+    def _validation_batches(self) -> list[Batch]:
+        cfg, data = self.cfg, self.data
+        rng = np.random.default_rng(cfg.train.seed)
+        users = data.users
+        if cfg.train.valid_users is not None and cfg.train.valid_users < len(users):
+            users = np.sort(rng.choice(users, cfg.train.valid_users, replace=False))
+        samples = {
+            T.SEQUENTIAL: T.sequential_eval_samples(data, users, "valid", cfg.train.max_history),
+            T.DIRECT: T.direct_eval_samples(data, users, "valid", seed=cfg.train.seed),
+            T.EXPLANATION: T.explanation_samples(data, "valid", limit=cfg.train.valid_users),
+        }
+        batches = []
+        bs = cfg.eval.eval_batch_size * 2
+        for task in self.tasks:
+            s = samples[task]
+            for k in range(0, len(s), bs):
+                chunk = s[k : k + bs]
+                batches.append(make_batch(chunk, [EVAL_TEMPLATE] * len(chunk), self.tokenizer,
+                                          data.n_users, cfg, self.device))
+        return batches
+
+    def epoch_batches(self, epoch: int) -> Iterator[tuple[list[T.Sample], list[int]]]:
+        """This epoch's batches, one task each, rotating over the tasks."""
+        cfg, data = self.cfg, self.data
+        rng = np.random.default_rng([cfg.train.seed, epoch])
+        users = rng.permutation(data.users)[self.rank :: self.world]
+        per_task = {
+            T.EXPLANATION: lambda: T.explanation_samples(data, "train", rng)[self.rank :: self.world],
+            T.SEQUENTIAL: lambda: T.sequential_train_samples(data, users, rng, cfg.train.max_history),
+            T.DIRECT: lambda: T.direct_train_samples(data, users, rng, cfg.train.n_negatives),
+        }
+        bs, cap = cfg.train.batch_size, cfg.train.steps_per_epoch
+        queues = {}
+        for task in self.tasks:
+            s = per_task[task]()
+            chunks = [s[k : k + bs] for k in range(0, len(s), bs)][:cap]
+            queues[task] = [(c, rng.integers(len(TEMPLATES[task]), size=len(c)).tolist()) for c in chunks]
+        for step in range(max(len(q) for q in queues.values())):
+            for task in self.tasks:
+                if step < len(queues[task]):
+                    yield queues[task][step]
+
+    # --- steps --------------------------------------------------------------------------------
+    def autocast(self):
+        if self.cfg.train.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_epoch(self, deadline: float | None, progress: bool) -> tuple[dict, bool]:
+        cfg = self.cfg
+        torch.manual_seed(cfg.train.seed * 1000 + self.epoch)
+        self.model.train()
+        stats = {t: {"loss": 0.0, "batches": 0, "samples": 0, "seconds": 0.0} for t in self.tasks}
+        batches = list(self.epoch_batches(self.epoch))
+        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}", disable=not progress or self.rank != 0,
+                   unit="batch", dynamic_ncols=True)
+        out_of_time = False
+        for samples, templates in bar:
+            t0 = time.perf_counter()
+            batch = make_batch(samples, templates, self.tokenizer, self.data.n_users, cfg, self.device)
+            with self.autocast():
+                loss = self.model(batch.task, **batch.inputs, labels=batch.labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            s = stats[batch.task]
+            s["loss"] += loss.item()
+            s["batches"] += 1
+            s["samples"] += batch.size
+            s["seconds"] += time.perf_counter() - t0
+            bar.set_postfix({t[:3]: f"{v['loss'] / max(v['batches'], 1):.3f}" for t, v in stats.items()})
+            if deadline is not None and time.time() > deadline:
+                out_of_time = True
+                break
+        bar.close()
+        summary = {
+            t: {"loss": v["loss"] / max(v["batches"], 1),
+                "samples_per_s": v["samples"] / v["seconds"] if v["seconds"] else 0.0,
+                "batches": v["batches"]}
+            for t, v in stats.items()
+        }
+        return summary, out_of_time
+
+    @torch.no_grad()
+    def validation_loss(self) -> dict[str, float]:
+        self.model.eval()
+        totals: dict[str, list[float]] = {t: [0.0, 0] for t in self.tasks}
+        for b in self.valid_batches:
+            with self.autocast():
+                loss = self.model(b.task, **b.inputs, labels=b.labels)
+            totals[b.task][0] += loss.item() * b.size
+            totals[b.task][1] += b.size
+        losses = {t: s / n for t, (s, n) in totals.items() if n}
+        losses["mean"] = float(np.mean(list(losses.values()))) if losses else math.inf
+        return losses
+
+    # --- persistence --------------------------------------------------------------------------
+    def save(self, name: str, with_state: bool) -> None:
+        if self.rank != 0:
+            return
+        files = checkpoint_files(self.data, self.cfg)
+        if with_state:
+            import io
+
+            buf = io.BytesIO()
+            torch.save({
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "epoch": self.epoch, "best": self.best, "bad_epochs": self.bad_epochs,
+                "elapsed": self.elapsed,
+            }, buf)
+            files[STATE_FILE] = buf.getvalue()
+        self.model.save_pretrained(self.out / name, self.tokenizer, files)
+
+    def restore(self, directory: Path) -> None:
+        model, _ = ELMRec.from_pretrained(directory, self.device)
+        self.model.load_state_dict(model.state_dict())
+        state = torch.load(directory / STATE_FILE, map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.best = state["epoch"], state["best"]
+        self.bad_epochs, self.elapsed = state["bad_epochs"], state["elapsed"]
+
+    def log(self, record: dict) -> None:
+        if self.rank == 0:
+            with open(self.out / LOG_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def train(
+    cfg: Config, dataset: Dataset, out_dir: str | Path, resume: bool = False, progress: bool = True,
+    rank: int = 0, world_size: int = 1, echo=print,
+) -> dict:
+    """Train ELMRec on ``dataset`` into ``out_dir`` (``best/`` and ``last/`` checkpoints, ``log.jsonl``,
+    ``config.json``). With ``resume``, continue from ``out_dir/last``."""
+    out = Path(out_dir)
+    if resume:
+        last = out / LAST
+        if not (last / STATE_FILE).is_file():
+            raise FileNotFoundError(f"{out}: nothing to resume (no {LAST}/{STATE_FILE})")
+        saved = json.loads((last / "run_config.json").read_text())
+        cfg = config_from_dict(saved)
+        fingerprint = json.loads((last / "dataset.json").read_text())["fingerprint"]
+        if fingerprint != dataset.fingerprint():
+            raise ValueError(f"{out}: the run was trained on dataset {fingerprint}, not {dataset.fingerprint()}")
+    elif (out / LAST).exists():
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.train.seed)
+    run = _Training(cfg, dataset, out, rank, world_size)
+    if resume:
+        run.restore(out / LAST)
+        if (out / LOG_FILE).exists():  # drop log lines of an epoch that did not complete
+            lines = (out / LOG_FILE).read_text().splitlines()
+            kept = [ln for ln in lines if json.loads(ln)["epoch"] <= run.epoch]
+            atomic_write_text(out / LOG_FILE, "".join(k + "\n" for k in kept))
+        echo(f"resuming after epoch {run.epoch} (best validation loss {run.best:.4f})")
+    elif rank == 0:
+        cfg.save(out / "config.json")
+        (out / LOG_FILE).unlink(missing_ok=True)
+    start = time.time() - run.elapsed
+    budget = cfg.train.budget_minutes
+    deadline = start + 60 * budget if budget else None
+    stop = "max_epochs"
+    while run.epoch < cfg.train.epochs:
+        train_stats, out_of_time = run.train_epoch(deadline, progress)
+        run.epoch += 1
+        valid = run.validation_loss()
+        improved = valid["mean"] < run.best
+        if improved:
+            run.best, run.bad_epochs = valid["mean"], 0
+        else:
+            run.bad_epochs += 1
+        run.elapsed = time.time() - start
+        run.log({"epoch": run.epoch, "train": train_stats, "valid_loss": valid, "best": run.best,
+                 "elapsed_s": round(run.elapsed, 2), "lr": run.scheduler.get_last_lr()[0]})
+        if rank == 0:
+            echo(f"epoch {run.epoch}: " + ", ".join(f"{t} {v['loss']:.4f}" for t, v in train_stats.items())
+                 + " | valid " + ", ".join(f"{t} {v:.4f}" for t, v in valid.items())
+                 + (" *" if improved else ""))
+        if improved:
+            run.save(BEST, with_state=False)
+        run.save(LAST, with_state=True)
+        if run.bad_epochs >= cfg.train.patience:
+            stop = "early_stopping"
+            break
+        if out_of_time:
+            stop = "budget"
+            break
+    return {"epochs": run.epoch, "best_valid_loss": run.best, "stopped": stop,
+            "checkpoint": str(out / BEST), "elapsed_s": run.elapsed}
+
+
+__all__ = ["train", "resolve_device", "active_tasks", "checkpoint_files", "BEST", "LAST", "atomic_directory"]
