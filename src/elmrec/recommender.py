@@ -1,0 +1,234 @@
+"""A trained checkpoint as a recommender: the evaluation ``Scorer`` interface, and
+``recommend`` / ``explain`` for people.
+
+Sequential: constrained beam search returns top_n + N ids, reranking drops what the user already
+interacted with and keeps top_n. Direct: the exact log-likelihood of every candidate (or the
+paper's constrained beam search over the candidates with ``direct_decode="beam"``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from .config import EvalConfig, config_from_dict
+from .generation import (
+    ItemTrie, beam_search, build_trie, candidate_log_likelihood, candidate_tokens, generate_text, rerank,
+)
+from .model import ELMRec
+from .prompts import EVAL_TEMPLATE, render
+from .tasks import DIRECT, EXPLANATION, SEQUENTIAL, Sample
+from .tokenization import encode_prompts
+from .training import resolve_device
+
+
+@dataclass
+class Recommendation:
+    item: int
+    item_name: str | None
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"item": self.item, "item_name": self.item_name, "score": self.score}
+
+
+class Recommender:
+    def __init__(self, model: ELMRec, tokenizer, directory: Path, eval_config: EvalConfig, max_history: int):
+        self.model, self.tokenizer, self.directory = model, tokenizer, directory
+        self.eval = eval_config
+        self.max_history = max_history
+        self.device = next(model.parameters()).device
+        h = load_file(str(directory / "histories.safetensors"))
+        self.offsets, self.items = h["offsets"].numpy(), h["items"].numpy()
+        self.dataset_info = json.loads((directory / "dataset.json").read_text())
+        self.user_names = self.item_names = None
+        self._user_index: dict[str, int] = {}
+        self._item_index: dict[str, int] = {}
+        if (directory / "datamaps.json").is_file():
+            maps = json.loads((directory / "datamaps.json").read_text())
+            self.user_names = {int(k): v for k, v in maps["id2user"].items()}
+            self.item_names = {int(k): v for k, v in maps["id2item"].items()}
+            self._user_index = {v: k for k, v in self.user_names.items()}
+            self._item_index = {v: k for k, v in self.item_names.items()}
+        self._trie: ItemTrie | None = None
+        self._stats = {"generated": 0, "invalid": 0, "dropped_by_rerank": 0, "users": 0}
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str = "auto", **eval_overrides) -> Recommender:
+        """Load a checkpoint directory; ``eval_overrides`` change EvalConfig fields (beams, top_n...)."""
+        d = Path(directory)
+        model, tokenizer = ELMRec.from_pretrained(d, resolve_device(device))
+        run = config_from_dict(json.loads((d / "run_config.json").read_text()))
+        unknown = set(eval_overrides) - set(EvalConfig.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown evaluation setting(s): {sorted(unknown)}")
+        eval_cfg = replace(run.eval, **{k: v for k, v in eval_overrides.items() if v is not None})
+        return cls(model, tokenizer, d, eval_cfg, run.train.max_history)
+
+    # --- helpers ------------------------------------------------------------------------------
+    @property
+    def n_users(self) -> int:
+        return self.model.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.model.n_items
+
+    def check_dataset(self, fingerprint: str) -> None:
+        """A checkpoint only makes sense on the dataset (ids, split) it was trained on."""
+        if fingerprint != self.dataset_info["fingerprint"]:
+            raise ValueError(
+                f"{self.directory} was trained on dataset {self.dataset_info['name']!r} "
+                f"(fingerprint {self.dataset_info['fingerprint']}), not on this one ({fingerprint})"
+            )
+
+    def trie(self) -> ItemTrie:
+        if self._trie is None:
+            self._trie = build_trie(self.tokenizer, [np.arange(1, self.n_items + 1)]).to(self.device)
+        return self._trie
+
+    def _encode(self, samples: list[Sample]):
+        prompts = [render(s, EVAL_TEMPLATE, self.n_users, self.model.config.use_incremental) for s in samples]
+        batch = encode_prompts(self.tokenizer, prompts, self.device)
+        with torch.no_grad():
+            return self.model.encode(samples[0].task, **batch)
+
+    def _batches(self, n: int):
+        bs = self.eval.eval_batch_size
+        return [slice(k, min(k + bs, n)) for k in range(0, n, bs)]
+
+    def reset_stats(self) -> None:
+        self._stats = dict.fromkeys(self._stats, 0)
+
+    def stats(self) -> dict:
+        """Reported with evaluation results: invalid generations must be 0 with constraints."""
+        s = dict(self._stats)
+        s["invalid_share"] = s["invalid"] / s["generated"] if s["generated"] else 0.0
+        s.update(beams=self.eval.beams, top_n=self.eval.top_n, extra_candidates=self.eval.extra_candidates,
+                 rerank=self.eval.rerank, direct_decode=self.eval.direct_decode)
+        return s
+
+    # --- sequential ---------------------------------------------------------------------------
+    def generate_sequential(self, users: np.ndarray, histories: list[np.ndarray]):
+        """Top items per user after reranking: (items, scores, dropped), each row top_n long."""
+        n_gen = self.eval.top_n + (self.eval.extra_candidates if self.eval.rerank else 0)
+        beams = max(self.eval.beams, n_gen)
+        samples = [Sample(SEQUENTIAL, int(u), tuple(int(i) for i in h[-self.max_history:]), 0)
+                   for u, h in zip(users, histories)]
+        items, scores = [], []
+        trie = self.trie()
+        for sl in self._batches(len(samples)):
+            hidden, mask = self._encode(samples[sl])
+            roots = trie.roots[torch.zeros(hidden.shape[0], dtype=torch.long, device=self.device)]
+            it, sc = beam_search(self.model, hidden, mask, trie, roots, beams, n_gen)
+            items.append(it.cpu().numpy())
+            scores.append(sc.cpu().numpy())
+        items, scores = np.concatenate(items), np.concatenate(scores)
+        valid = (items >= 1) & (items <= self.n_items)
+        self._stats["generated"] += int((scores > -np.inf).sum())
+        self._stats["invalid"] += int(((scores > -np.inf) & ~valid).sum())
+        if self.eval.rerank:
+            items, scores, dropped = rerank(items, scores, histories, self.eval.top_n)
+        else:
+            items, scores = items[:, : self.eval.top_n], scores[:, : self.eval.top_n]
+            dropped = np.zeros(len(items), dtype=np.int64)
+        self._stats["dropped_by_rerank"] += int(dropped.sum())
+        self._stats["users"] += len(users)
+        return items, scores, dropped
+
+    def score_all(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+        items, scores, _ = self.generate_sequential(users, histories)
+        out = np.full((len(users), self.n_items + 1), -np.inf)
+        rows = np.repeat(np.arange(len(users)), items.shape[1])
+        keep = items.reshape(-1) > 0
+        out[rows[keep], items.reshape(-1)[keep]] = scores.reshape(-1)[keep]
+        return out
+
+    # --- direct -------------------------------------------------------------------------------
+    def score_candidates(self, users: np.ndarray, histories: list[np.ndarray], candidates: np.ndarray) -> np.ndarray:
+        """Exact: log P(candidate id | prompt listing the candidates). Beam: the paper's decoding;
+        candidates it does not return get -inf."""
+        candidates = np.asarray(candidates)
+        # the prompt lists each user's candidates in a fixed shuffled order (target position hidden)
+        order = np.stack([np.random.default_rng([0, int(u)]).permutation(candidates.shape[1]) for u in users])
+        shown = np.take_along_axis(candidates, order, 1)
+        samples = [Sample(DIRECT, int(u), tuple(int(i) for i in c), 0) for u, c in zip(users, shown)]
+        out = np.empty(candidates.shape)
+        for sl in self._batches(len(samples)):
+            hidden, mask = self._encode(samples[sl])
+            if self.eval.direct_decode == "score":
+                ll = candidate_log_likelihood(self.model, hidden, mask,
+                                              candidate_tokens(self.tokenizer, candidates[sl], self.device))
+                out[sl] = ll.cpu().numpy()
+            else:
+                trie = build_trie(self.tokenizer, list(candidates[sl])).to(self.device)
+                it, sc = beam_search(self.model, hidden, mask, trie, trie.roots, self.eval.direct_beams,
+                                     self.eval.top_n)
+                it, sc = it.cpu().numpy(), sc.cpu().numpy()
+                for r, row in enumerate(candidates[sl]):
+                    found = dict(zip(it[r].tolist(), sc[r].tolist()))
+                    out[sl.start + r] = [found.get(int(c), -np.inf) for c in row]
+                self._stats["generated"] += int((sc > -np.inf).sum())
+        self._stats["users"] += len(users)
+        return out
+
+    # --- for people -------------------------------------------------------------------------------
+    def resolve_user(self, user: str | int) -> int:
+        """Internal id from an internal id or an original (datamaps) id."""
+        s = str(user)
+        if s in self._user_index:
+            return self._user_index[s]
+        if s.isdigit() and 1 <= int(s) <= self.n_users:
+            return int(s)
+        raise KeyError(f"unknown user {user!r}: not an original id in datamaps nor an id in 1..{self.n_users}")
+
+    def resolve_item(self, item: str | int) -> int:
+        s = str(item)
+        if s in self._item_index:
+            return self._item_index[s]
+        if s.isdigit() and 1 <= int(s) <= self.n_items:
+            return int(s)
+        raise KeyError(f"unknown item {item!r}: not an original id in datamaps nor an id in 1..{self.n_items}")
+
+    def user_history(self, user: int) -> np.ndarray:
+        return self.items[self.offsets[user] : self.offsets[user + 1]]
+
+    def item_name(self, item: int) -> str | None:
+        return self.item_names.get(int(item)) if self.item_names else None
+
+    def recommend(self, user: str | int | None = None, history: list | None = None, top_n: int | None = None
+                  ) -> list[Recommendation]:
+        """Next items for a known user (their whole history is the input) or for a new user given
+        by ``history`` (item ids, oldest first). Items in the history are never recommended."""
+        if (user is None) == (history is None):
+            raise ValueError("give either a user or a history")
+        if history is not None:
+            if len(history) == 0:
+                raise ValueError("the history is empty: give at least one item")
+            hist = np.array([self.resolve_item(i) for i in history], dtype=np.int64)
+            uid = self.n_users + 1  # a fresh id: no graph node, and the incremental index is 1 anyway
+        else:
+            uid = self.resolve_user(user)
+            hist = self.user_history(uid)
+        old = self.eval
+        if top_n is not None:
+            self.eval = replace(old, top_n=top_n, beams=max(old.beams, top_n + old.extra_candidates))
+        try:
+            items, scores, _ = self.generate_sequential(np.array([uid]), [hist])
+        finally:
+            self.eval = old
+        return [Recommendation(int(i), self.item_name(i), float(s)) for i, s in zip(items[0], scores[0]) if i > 0]
+
+    def explain(self, user: str | int, item: str | int) -> str:
+        """A generated review-like sentence for (user, item); needs a model trained on explanations."""
+        uid, iid = self.resolve_user(user), self.resolve_item(item)
+        hidden, mask = self._encode([Sample(EXPLANATION, uid, (iid,), "")])
+        return generate_text(self.model, hidden, mask, self.tokenizer, self.eval.explanation_beams)[0]
+
+
+__all__ = ["Recommender", "Recommendation"]
