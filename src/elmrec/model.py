@@ -20,6 +20,7 @@ import scipy.sparse as sp
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn import functional as F
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
 
 from .config import ModelConfig
@@ -91,7 +92,8 @@ class ELMRec(nn.Module):
             table, alpha = self.position_table, self.config.seq_alpha
         else:
             idx, table, alpha = whole_word, self.graph_embeddings(), self.config.graph_alpha
-        emb = table[idx] * (idx > 0).unsqueeze(-1).to(table.dtype)
+        # F.embedding: its CPU backward is deterministic, unlike advanced indexing's scatter-add
+        emb = F.embedding(idx, table) * (idx > 0).unsqueeze(-1).to(table.dtype)
         return alpha * emb
 
     # --- encoder / decoder -------------------------------------------------------------------

@@ -16,15 +16,21 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from .config import EvalConfig, config_from_dict
+from .config import Config, EvalConfig, config_from_dict
 from .generation import (
-    ItemTrie, beam_search, build_trie, candidate_log_likelihood, candidate_tokens, generate_text, rerank,
+    ItemTrie,
+    beam_search,
+    build_trie,
+    candidate_log_likelihood,
+    candidate_tokens,
+    generate_text,
+    rerank,
 )
 from .model import ELMRec
 from .prompts import EVAL_TEMPLATE, render
+from .runtime import resolve_device
 from .tasks import DIRECT, EXPLANATION, SEQUENTIAL, Sample
 from .tokenization import encode_prompts
-from .training import resolve_device
 
 
 @dataclass
@@ -38,23 +44,25 @@ class Recommendation:
 
 
 class Recommender:
-    def __init__(self, model: ELMRec, tokenizer, directory: Path, eval_config: EvalConfig, max_history: int):
+    def __init__(
+        self, model: ELMRec, tokenizer, run: Config, offsets: np.ndarray, items: np.ndarray,
+        dataset_info: dict, user_names: dict[int, str] | None = None, item_names: dict[int, str] | None = None,
+        directory: Path | None = None,
+    ):
+        """Usually built by ``from_pretrained``; direct construction serves in-memory models
+        (validation metrics during training)."""
         self.model, self.tokenizer, self.directory = model, tokenizer, directory
-        self.eval = eval_config
-        self.max_history = max_history
+        self.eval = run.eval
+        self.max_history = run.train.max_history
+        self.max_explanation_tokens = run.train.max_explanation_tokens
         self.device = next(model.parameters()).device
-        h = load_file(str(directory / "histories.safetensors"))
-        self.offsets, self.items = h["offsets"].numpy(), h["items"].numpy()
-        self.dataset_info = json.loads((directory / "dataset.json").read_text())
-        self.user_names = self.item_names = None
-        self._user_index: dict[str, int] = {}
-        self._item_index: dict[str, int] = {}
-        if (directory / "datamaps.json").is_file():
-            maps = json.loads((directory / "datamaps.json").read_text())
-            self.user_names = {int(k): v for k, v in maps["id2user"].items()}
-            self.item_names = {int(k): v for k, v in maps["id2item"].items()}
-            self._user_index = {v: k for k, v in self.user_names.items()}
-            self._item_index = {v: k for k, v in self.item_names.items()}
+        self.offsets, self.items = np.asarray(offsets), np.asarray(items)
+        self.dataset_info = dataset_info
+        tasks = set(run.train.tasks)
+        self.trained_tasks = tasks if dataset_info.get("has_explanations") else tasks - {EXPLANATION}
+        self.user_names, self.item_names = user_names, item_names
+        self._user_index = {v: k for k, v in (user_names or {}).items()}
+        self._item_index = {v: k for k, v in (item_names or {}).items()}
         self._trie: ItemTrie | None = None
         self._stats = {"generated": 0, "invalid": 0, "dropped_by_rerank": 0, "users": 0}
 
@@ -67,8 +75,15 @@ class Recommender:
         unknown = set(eval_overrides) - set(EvalConfig.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown evaluation setting(s): {sorted(unknown)}")
-        eval_cfg = replace(run.eval, **{k: v for k, v in eval_overrides.items() if v is not None})
-        return cls(model, tokenizer, d, eval_cfg, run.train.max_history)
+        run.eval = replace(run.eval, **{k: v for k, v in eval_overrides.items() if v is not None})
+        h = load_file(str(d / "histories.safetensors"))
+        info = json.loads((d / "dataset.json").read_text())
+        users = items = None
+        if (d / "datamaps.json").is_file():
+            maps = json.loads((d / "datamaps.json").read_text())
+            users = {int(k): v for k, v in maps["id2user"].items()}
+            items = {int(k): v for k, v in maps["id2item"].items()}
+        return cls(model, tokenizer, run, h["offsets"].numpy(), h["items"].numpy(), info, users, items, d)
 
     # --- helpers ------------------------------------------------------------------------------
     @property
@@ -83,7 +98,7 @@ class Recommender:
         """A checkpoint only makes sense on the dataset (ids, split) it was trained on."""
         if fingerprint != self.dataset_info["fingerprint"]:
             raise ValueError(
-                f"{self.directory} was trained on dataset {self.dataset_info['name']!r} "
+                f"{self.directory or 'the model'} was trained on dataset {self.dataset_info['name']!r} "
                 f"(fingerprint {self.dataset_info['fingerprint']}), not on this one ({fingerprint})"
             )
 
@@ -226,9 +241,19 @@ class Recommender:
 
     def explain(self, user: str | int, item: str | int) -> str:
         """A generated review-like sentence for (user, item); needs a model trained on explanations."""
-        uid, iid = self.resolve_user(user), self.resolve_item(item)
-        hidden, mask = self._encode([Sample(EXPLANATION, uid, (iid,), "")])
-        return generate_text(self.model, hidden, mask, self.tokenizer, self.eval.explanation_beams)[0]
+        if "explanation" not in self.trained_tasks:
+            raise ValueError(f"{self.directory} was not trained on explanations (no review data)")
+        return self.explain_batch([(self.resolve_user(user), self.resolve_item(item))])[0]
+
+    def explain_batch(self, pairs: list[tuple[int, int]]) -> list[str]:
+        """Explanations for internal (user, item) ids, batched."""
+        samples = [Sample(EXPLANATION, int(u), (int(i),), "") for u, i in pairs]
+        texts: list[str] = []
+        for sl in self._batches(len(samples)):
+            hidden, mask = self._encode(samples[sl])
+            texts += generate_text(self.model, hidden, mask, self.tokenizer, self.eval.explanation_beams,
+                                   self.max_explanation_tokens)
+        return texts
 
 
 __all__ = ["Recommender", "Recommendation"]

@@ -76,8 +76,14 @@ def direct_train_samples(
 def explanation_samples(
     dataset: Dataset, split: str, rng: np.random.Generator | None = None, limit: int | None = None
 ) -> list[Sample]:
-    """(user, item) -> review sentence; training uses the ``train`` reviews only."""
+    """(user, item) -> review sentence. Training uses ``train`` reviews of training interactions
+    only: P5's review splits are not leave-one-out, so a "train" review may describe a held-out
+    item and would leak it."""
     rows = (dataset.explanations or {}).get(split, [])
+    if split == "train":
+        users, items = dataset.train_pairs()
+        allowed = set(zip(users.tolist(), items.tolist()))
+        rows = [r for r in rows if (r[0], r[1]) in allowed]
     order = np.arange(len(rows)) if rng is None else rng.permutation(len(rows))
     if limit is not None:
         order = order[:limit]

@@ -26,20 +26,13 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from . import tasks as T
 from .config import Config, config_from_dict
 from .data import Dataset
-from .io import atomic_directory, atomic_write_text
+from .io import atomic_write_text
 from .model import ELMRec, build_model
 from .prompts import EVAL_TEMPLATE, TEMPLATES, render, target_text
+from .runtime import resolve_device, tune_allocator
 from .tokenization import build_tokenizer, encode_prompts, encode_targets
 
 BEST, LAST, STATE_FILE, LOG_FILE = "best", "last", "training_state.pt", "log.jsonl"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available")
-    return torch.device(name)
 
 
 def active_tasks(cfg: Config, dataset: Dataset) -> list[str]:
@@ -79,7 +72,7 @@ def checkpoint_files(dataset: Dataset, cfg: Config) -> dict[str, str | bytes]:
         "run_config.json": json.dumps(cfg.to_dict(), indent=2) + "\n",
         "dataset.json": json.dumps(info, indent=2) + "\n",
         "histories.safetensors": save_tensors(
-            {"offsets": torch.as_tensor(dataset.offsets), "items": torch.as_tensor(dataset.items)}
+            {"offsets": torch.tensor(dataset.offsets), "items": torch.tensor(dataset.items)}
         ),
     }
     if dataset.user_names and dataset.item_names:
@@ -152,7 +145,9 @@ class _Training:
             T.SEQUENTIAL: lambda: T.sequential_train_samples(data, users, rng, cfg.train.max_history),
             T.DIRECT: lambda: T.direct_train_samples(data, users, rng, cfg.train.n_negatives),
         }
-        bs, cap = cfg.train.batch_size, cfg.train.steps_per_epoch
+        bs = cfg.train.batch_size
+        # every task gets the same number of batches: one sample per user (or steps_per_epoch)
+        cap = cfg.train.steps_per_epoch or math.ceil(len(users) / bs)
         queues = {}
         for task in self.tasks:
             s = per_task[task]()
@@ -254,10 +249,14 @@ class _Training:
 
 def train(
     cfg: Config, dataset: Dataset, out_dir: str | Path, resume: bool = False, progress: bool = True,
-    rank: int = 0, world_size: int = 1, echo=print,
+    rank: int = 0, world_size: int = 1, echo=print, validate=None,
 ) -> dict:
     """Train ELMRec on ``dataset`` into ``out_dir`` (``best/`` and ``last/`` checkpoints, ``log.jsonl``,
-    ``config.json``). With ``resume``, continue from ``out_dir/last``."""
+    ``config.json``). With ``resume``, continue from ``out_dir/last`` with the run's saved config.
+
+    ``validate(model, tokenizer) -> dict``, if given, is called after every epoch and its result
+    (e.g. validation HR/NDCG) is logged; checkpoint selection stays on the validation loss."""
+    tune_allocator()
     out = Path(out_dir)
     if resume:
         last = out / LAST
@@ -280,9 +279,11 @@ def train(
             kept = [ln for ln in lines if json.loads(ln)["epoch"] <= run.epoch]
             atomic_write_text(out / LOG_FILE, "".join(k + "\n" for k in kept))
         echo(f"resuming after epoch {run.epoch} (best validation loss {run.best:.4f})")
-    elif rank == 0:
-        cfg.save(out / "config.json")
-        (out / LOG_FILE).unlink(missing_ok=True)
+    else:
+        if rank == 0:
+            cfg.save(out / "config.json")
+            (out / LOG_FILE).unlink(missing_ok=True)
+        run.log({"epoch": 0, "valid_loss": run.validation_loss(), "elapsed_s": 0.0})
     start = time.time() - run.elapsed
     budget = cfg.train.budget_minutes
     deadline = start + 60 * budget if budget else None
@@ -297,15 +298,18 @@ def train(
         else:
             run.bad_epochs += 1
         run.elapsed = time.time() - start
-        run.log({"epoch": run.epoch, "train": train_stats, "valid_loss": valid, "best": run.best,
-                 "elapsed_s": round(run.elapsed, 2), "lr": run.scheduler.get_last_lr()[0]})
+        record = {"epoch": run.epoch, "train": train_stats, "valid_loss": valid, "best": run.best,
+                  "elapsed_s": round(run.elapsed, 2), "lr": run.scheduler.get_last_lr()[0]}
+        if validate is not None:
+            record["valid_metrics"] = validate(run.model, run.tokenizer)
+        if improved:
+            run.save(BEST, with_state=False)
+        run.save(LAST, with_state=True)
+        run.log(record)  # after the checkpoint: a logged epoch is always a resumable one
         if rank == 0:
             echo(f"epoch {run.epoch}: " + ", ".join(f"{t} {v['loss']:.4f}" for t, v in train_stats.items())
                  + " | valid " + ", ".join(f"{t} {v:.4f}" for t, v in valid.items())
                  + (" *" if improved else ""))
-        if improved:
-            run.save(BEST, with_state=False)
-        run.save(LAST, with_state=True)
         if run.bad_epochs >= cfg.train.patience:
             stop = "early_stopping"
             break
@@ -316,4 +320,4 @@ def train(
             "checkpoint": str(out / BEST), "elapsed_s": run.elapsed}
 
 
-__all__ = ["train", "resolve_device", "active_tasks", "checkpoint_files", "BEST", "LAST", "atomic_directory"]
+__all__ = ["train", "active_tasks", "checkpoint_files", "BEST", "LAST"]

@@ -1,0 +1,135 @@
+"""Training and evaluation speed of ELMRec on a P5 dataset (default: ../shared/data/beauty).
+
+Training: samples/s per task (forward + backward + AdamW step, batch 64) and the share of step
+time that is not model compute (sampling, prompt rendering, tokenisation). Evaluation: users/s for
+sequential (constrained beam search, 30 beams, reranking) and direct (exact scoring of the 100
+candidates, or beam search with 20 beams). Random weights: our constrained search always runs to
+the end of an id, so a trained model costs the same. Peak resident memory is per process, so run
+one size per process for memory figures.
+
+    python benchmarks/speed.py --sizes tiny,cpu,small --threads 1 --output speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from elmrec import tasks as T
+from elmrec.config import load_config
+from elmrec.data import load_p5
+from elmrec.model import build_model
+from elmrec.recommender import Recommender
+from elmrec.runtime import tune_allocator
+from elmrec.tokenization import build_tokenizer
+from elmrec.training import make_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def train_speed(dataset, size: str, batches: int, batch_size: int) -> dict:
+    cfg = load_config(preset="beauty", overrides={"size": size, "batch_size": batch_size})
+    tok = build_tokenizer()
+    model = build_model(cfg.model, dataset.n_users, dataset.n_items, *dataset.train_pairs(), len(tok), 0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    rng = np.random.default_rng(0)
+    out = {}
+    for task in ("sequential", "direct"):
+        prep = step = 0.0
+        for k in range(batches + 1):  # the first batch warms up allocator and kernels
+            t0 = time.perf_counter()
+            users = rng.choice(dataset.users, batch_size)
+            if task == "sequential":
+                samples = T.sequential_train_samples(dataset, users, rng, cfg.train.max_history)
+            else:
+                samples = T.direct_train_samples(dataset, users, rng, cfg.train.n_negatives)
+            templates = rng.integers(4, size=len(samples)).tolist()
+            batch = make_batch(samples, templates, tok, dataset.n_users, cfg, torch.device("cpu"))
+            t1 = time.perf_counter()
+            loss = model(task, **batch.inputs, labels=batch.labels)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            t2 = time.perf_counter()
+            if k:
+                prep += t1 - t0
+                step += t2 - t1
+        total = prep + step
+        out[task] = {"s_per_batch": total / batches, "samples_per_s": batches * batch_size / total,
+                     "non_model_share": prep / total, "tokens": int(batch.inputs["input_ids"].shape[1])}
+        print(f"  train {size:5s} {task:10s} {total / batches:7.2f} s/batch  {batches * batch_size / total:7.1f} "
+              f"samples/s  non-model {100 * prep / total:4.1f}%", flush=True)
+    return out
+
+
+def eval_speed(dataset, size: str, users: int, tmp: Path, direct_decode: str) -> dict:
+    cfg = load_config(preset="beauty", overrides={"size": size, "direct_decode": direct_decode})
+    tok = build_tokenizer()
+    model = build_model(cfg.model, dataset.n_users, dataset.n_items, *dataset.train_pairs(), len(tok), 0)
+    model.eval()
+    rec = Recommender(model, tok, cfg, dataset.offsets, dataset.items, dataset.summary())
+    ids = np.random.default_rng(0).choice(dataset.users, users, replace=False)
+    hist = [dataset.split_history(int(u), "test") for u in ids]
+    out = {}
+    rec.trie()  # built once per process (12k ids), not per batch
+    t0 = time.perf_counter()
+    rec.score_all(ids, hist)
+    out["sequential_users_per_s"] = users / (time.perf_counter() - t0)
+    cands = np.concatenate([dataset.targets("test")[ids][:, None], dataset.negatives[ids]], 1)
+    t0 = time.perf_counter()
+    rec.score_candidates(ids, hist, cands)
+    out[f"direct_{direct_decode}_users_per_s"] = users / (time.perf_counter() - t0)
+    print(f"  eval  {size:5s} sequential {out['sequential_users_per_s']:.2f} users/s   direct ({direct_decode}) "
+          f"{out[f'direct_{direct_decode}_users_per_s']:.2f} users/s", flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "beauty"))
+    p.add_argument("--sizes", default="tiny,cpu,small")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batches", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--eval-users", type=int, default=48)
+    p.add_argument("--direct-decode", default="score", choices=("score", "beam"))
+    p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--skip-eval", action="store_true")
+    p.add_argument("--output")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tune_allocator()
+    dataset = load_p5(args.data)
+    results = {"data": args.data, "threads": args.threads, "machine": platform.processor() or platform.machine(),
+               "python": sys.version.split()[0], "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+               "sizes": {}}
+    for size in args.sizes.split(","):
+        r = {}
+        if not args.skip_train:
+            r["train"] = train_speed(dataset, size, args.batches, args.batch_size)
+        if not args.skip_eval:
+            r["eval"] = eval_speed(dataset, size, args.eval_users, Path("/tmp"), args.direct_decode)
+        r["peak_rss_gb_so_far"] = peak_rss_gb()
+        results["sizes"][size] = r
+        print(f"  peak RSS so far {r['peak_rss_gb_so_far']:.2f} GB", flush=True)
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""Ranking metrics and the evaluation protocol of P5 / POD / ELMRec.
+
+Sequential recommendation ranks ALL items for the held-out item; direct recommendation ranks the
+held-out item among the user's fixed negatives. Ties count against the target (an item scored
+equal to it ranks above it), so a scorer cannot gain from giving many items the same score: a
+constant scorer gets HR@k = 0 whenever the other items outnumber k.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .data import DataError, Dataset
+
+DEFAULT_KS = (1, 5, 10)
+TASKS = ("sequential", "direct")
+
+
+class Scorer(Protocol):
+    """What a model must offer to be evaluated; ``histories`` are what it may see
+    (``dataset.split_history(u, split)``), oldest first."""
+
+    def score_all(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+        """(B, n_items + 1) float scores over ALL items, column 0 ignored; -inf = not recommended."""
+        ...
+
+    def score_candidates(
+        self, users: np.ndarray, histories: list[np.ndarray], candidates: np.ndarray
+    ) -> np.ndarray:
+        """(B, C) float scores for the given candidate item ids."""
+        ...
+
+
+# --- metrics -------------------------------------------------------------------------------
+
+
+def rank_of_target(scores: np.ndarray, target_idx: np.ndarray) -> np.ndarray:
+    """0-based rank of each row's target column: the number of OTHER columns scored >= it.
+
+    NaN counts as -inf, so a broken score can never put the target first.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    scores = np.where(np.isnan(scores), -np.inf, scores)
+    target = scores[np.arange(len(scores)), np.asarray(target_idx)]
+    return (scores >= target[:, None]).sum(axis=1) - 1
+
+
+def hit_rate(ranks: np.ndarray, k: int) -> float:
+    """Share of users whose target is among the top k."""
+    return float(np.mean(np.asarray(ranks) < k))
+
+
+def ndcg(ranks: np.ndarray, k: int) -> float:
+    """NDCG@k with one relevant item: 1 / log2(rank + 2) inside the top k, else 0; averaged."""
+    ranks = np.asarray(ranks)
+    return float(np.mean(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)))
+
+
+def ranking_metrics(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """``HR@k`` and ``NDCG@k`` for every k (HR first, then NDCG, each by increasing k)."""
+    out = {f"HR@{k}": hit_rate(ranks, k) for k in ks}
+    out.update({f"NDCG@{k}": ndcg(ranks, k) for k in ks})
+    return out
+
+
+# --- results -------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    """Metrics plus the exact protocol that produced them (so numbers are never compared blind).
+
+    ``extra`` holds diagnostics (e.g. a scorer's ``stats()``); ``ranks`` the 0-based rank per
+    evaluated user (in ``users`` order), for significance tests; neither array goes to JSON.
+    """
+
+    metrics: dict[str, float]
+    protocol: dict
+    extra: dict = field(default_factory=dict)
+    users: np.ndarray | None = field(default=None, repr=False)
+    ranks: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        return {"metrics": self.metrics, "protocol": self.protocol, "extra": self.extra}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=_jsonable)
+
+    def format_table(self) -> str:
+        p = self.protocol
+        return format_table({f"{p['task']}/{p['split']}": self})
+
+
+def _jsonable(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def format_table(results: Mapping[str, EvalResult]) -> str:
+    """One row per result (labelled by its key), one column per metric, plus the protocol."""
+    metric_names = list(dict.fromkeys(m for r in results.values() for m in r.metrics))
+    label_w = max([len("run")] + [len(k) for k in results])
+    columns = "".join(f"{m:>9}" for m in metric_names)
+    header = f"{'run'.ljust(label_w)}{columns}  users  candidates  excl.hist"
+    lines = [header, "-" * len(header)]
+    for label, r in results.items():
+        p = r.protocol
+        values = "".join(f"{r.metrics[m]:9.4f}" if m in r.metrics else " " * 9 for m in metric_names)
+        lines.append(
+            f"{label.ljust(label_w)}{values}  {p['n_users']:>5}  {p['candidates']:>10}  "
+            f"{str(p['exclude_history']):>9}"
+        )
+    return "\n".join(lines)
+
+
+# --- protocol ------------------------------------------------------------------------------
+
+
+def sample_users(dataset: Dataset, n: int | None, seed: int = 0) -> np.ndarray:
+    """A fixed random subset of ``n`` user ids (sorted), or all users if ``n`` is None or too big;
+    for quick validation during training."""
+    if n is None or n >= dataset.n_users:
+        return dataset.users
+    return np.sort(np.random.default_rng(seed).choice(dataset.users, size=n, replace=False))
+
+
+def _check_users(dataset: Dataset, users: np.ndarray | None) -> np.ndarray:
+    if users is None:
+        return dataset.users
+    users = np.asarray(users, dtype=np.int64).ravel()
+    if len(users) == 0 or users.min() < 1 or users.max() > dataset.n_users:
+        raise ValueError(f"users must be a non-empty set of ids in 1..{dataset.n_users}")
+    return users
+
+
+def _check_shape(scores: np.ndarray, shape: tuple[int, int], method: str) -> np.ndarray:
+    if scores.shape != shape:
+        raise ValueError(f"{method} returned scores of shape {scores.shape}; expected {shape}")
+    return scores
+
+
+def _run(
+    task: str,
+    scorer: Scorer,
+    dataset: Dataset,
+    split: str,
+    ks: Sequence[int],
+    exclude_history: bool,
+    batch_size: int,
+    users: np.ndarray | None,
+    progress: bool,
+) -> EvalResult:
+    if split not in ("valid", "test"):
+        raise ValueError(f"unknown split {split!r}; expected valid or test")
+    if task == "direct" and dataset.negatives is None:
+        raise DataError(
+            dataset.name,
+            None,
+            "no negatives: direct evaluation needs negative.txt "
+            "(create one with 'elmrec data prepare ... --negatives 99')",
+        )
+    users = _check_users(dataset, users)
+    targets = dataset.targets(split)
+    ranks = np.empty(len(users), dtype=np.int64)
+    repeats = 0  # users whose target is already in their visible history
+    bar = tqdm(total=len(users), desc=f"{task}/{split}", unit="user", disable=not progress)
+    for start in range(0, len(users), batch_size):
+        batch = users[start : start + batch_size]
+        hist = [dataset.split_history(int(u), split) for u in batch]
+        t = targets[batch]
+        rows = np.repeat(np.arange(len(batch)), [len(h) for h in hist])
+        cols = np.concatenate(hist)
+        repeats += len(np.unique(rows[cols == t[rows]]))
+        if task == "sequential":
+            # a copy in float64: we mask in place and drop column 0 (padding, never an item)
+            shape = (len(batch), dataset.n_items + 1)
+            scores = np.array(scorer.score_all(batch, hist), dtype=np.float64)
+            scores = _check_shape(scores, shape, "score_all")[:, 1:]
+            if exclude_history:
+                own = scores[np.arange(len(batch)), t - 1].copy()
+                scores[rows, cols - 1] = -np.inf
+                scores[np.arange(len(batch)), t - 1] = own  # a repeated target stays rankable
+            ranks[start : start + len(batch)] = rank_of_target(scores, t - 1)
+        else:
+            candidates = np.concatenate([t[:, None], dataset.negatives[batch]], axis=1)
+            scores = np.asarray(scorer.score_candidates(batch, hist, candidates), dtype=np.float64)
+            _check_shape(scores, candidates.shape, "score_candidates")
+            ranks[start : start + len(batch)] = rank_of_target(scores, np.zeros(len(batch), dtype=np.int64))
+        bar.update(len(batch))
+    bar.close()
+
+    protocol = {
+        "task": task,
+        "split": split,
+        "ks": list(ks),
+        "exclude_history": bool(exclude_history) if task == "sequential" else False,
+        "n_users": len(users),
+        "all_users": len(users) == dataset.n_users,
+        "candidates": dataset.n_items if task == "sequential" else 1 + dataset.negatives.shape[1],
+        "ties": "against target",
+        "dataset": dataset.name,
+        "fingerprint": dataset.fingerprint(),
+    }
+    extra: dict = {"target_in_history_users": repeats}
+    stats = getattr(scorer, "stats", None)
+    if callable(stats):
+        extra.update(stats())
+    return EvalResult(ranking_metrics(ranks, ks), protocol, extra, users=users, ranks=ranks)
+
+
+def evaluate_sequential(
+    scorer: Scorer,
+    dataset: Dataset,
+    split: str = "test",
+    ks: Sequence[int] = DEFAULT_KS,
+    exclude_history: bool = True,
+    batch_size: int = 256,
+    users: np.ndarray | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Rank all items for each user's ``split`` target.
+
+    ``exclude_history`` sets the user's visible history to -inf (the usual protocol: do not
+    recommend what was bought); a target that repeats a history item is left rankable, and such
+    users are counted in ``extra['target_in_history_users']``. ``users`` restricts to a subset.
+    """
+    return _run("sequential", scorer, dataset, split, ks, exclude_history, batch_size, users, progress)
+
+
+def evaluate_direct(
+    scorer: Scorer,
+    dataset: Dataset,
+    split: str = "test",
+    ks: Sequence[int] = DEFAULT_KS,
+    batch_size: int = 256,
+    users: np.ndarray | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Rank the target among ``dataset.negatives[u]`` (target in column 0 of the candidates).
+
+    The same negatives serve validation and test: they exclude every item the user touched.
+    """
+    return _run("direct", scorer, dataset, split, ks, False, batch_size, users, progress)
+
+
+def evaluate(scorer: Scorer, dataset: Dataset, task: str, split: str = "test", **kwargs) -> EvalResult:
+    """:func:`evaluate_sequential` or :func:`evaluate_direct` by name."""
+    if task == "sequential":
+        return evaluate_sequential(scorer, dataset, split, **kwargs)
+    if task == "direct":
+        kwargs.pop("exclude_history", None)  # candidates never hold history items anyway
+        return evaluate_direct(scorer, dataset, split, **kwargs)
+    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+
+
+# --- explanation generation ------------------------------------------------------------------
+
+
+def text_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Corpus BLEU-1/4 (NLTK, whitespace tokens) and mean ROUGE-1/2/L F1 (rouge-score), x100
+    as in the P5/POD papers."""
+    import warnings
+
+    from nltk.translate.bleu_score import corpus_bleu
+    from rouge_score import rouge_scorer
+
+    hyps = [p.split() for p in predictions]
+    refs = [[r.split()] for r in references]
+    with warnings.catch_warnings():  # NLTK warns when a higher n-gram order has no match
+        warnings.simplefilter("ignore")
+        bleu1 = corpus_bleu(refs, hyps, weights=(1.0, 0, 0, 0))
+        bleu4 = corpus_bleu(refs, hyps, weights=(0.25, 0.25, 0.25, 0.25))
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"])
+    scores = [scorer.score(r, p) for p, r in zip(predictions, references)]
+    out = {"BLEU-1": 100 * bleu1, "BLEU-4": 100 * bleu4}
+    for key, name in (("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"), ("rougeL", "ROUGE-L")):
+        out[name] = 100 * float(np.mean([s[key].fmeasure for s in scores])) if scores else 0.0
+    return out
+
+
+def evaluate_explanation(
+    generate, dataset: Dataset, split: str = "test", limit: int | None = None, batch_size: int = 32,
+    progress: bool = True,
+) -> EvalResult:
+    """``generate(pairs) -> texts`` for (user, item) pairs of the ``split`` reviews, scored
+    against the reference sentences."""
+    key = "valid" if split == "valid" else split
+    rows = (dataset.explanations or {}).get(key, [])
+    if not rows:
+        raise DataError(dataset.name, None, f"no {split} explanations: the dataset has no explanation.json")
+    rows = rows[:limit] if limit else rows
+    predictions: list[str] = []
+    bar = tqdm(total=len(rows), desc=f"explanation/{split}", unit="pair", disable=not progress)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        predictions.extend(generate([(u, i) for u, i, _ in chunk]))
+        bar.update(len(chunk))
+    bar.close()
+    metrics = text_metrics(predictions, [r[2] for r in rows])
+    protocol = {"task": "explanation", "split": split, "n_pairs": len(rows), "dataset": dataset.name,
+                "fingerprint": dataset.fingerprint()}
+    extra = {"examples": [{"user": u, "item": i, "reference": t, "generated": p}
+                          for (u, i, t), p in list(zip(rows, predictions))[:5]]}
+    return EvalResult(metrics, protocol, extra, users=np.array([r[0] for r in rows]), ranks=np.array([]))

@@ -1,0 +1,42 @@
+"""Process-level settings: the device, and a glibc setting that makes CPU training 2x faster.
+
+T5's attention allocates (batch, heads, seq, seq) tensors of 100+ MB for direct prompts (100
+candidates). glibc serves such blocks with fresh mmap()s and returns them on free, so every step
+page-faults hundreds of MB in again: 2x slower direct batches on this machine. Keeping freed
+memory in the heap (no mmap, no trimming) removes that; the price is that peak memory is not
+returned to the OS until the process ends.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+import torch
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_done = False
+
+
+def tune_allocator() -> bool:
+    """Ask glibc to keep large freed blocks (Linux only; a no-op elsewhere). Returns success."""
+    global _done
+    if _done or not sys.platform.startswith("linux"):
+        return _done
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    except (OSError, AttributeError):
+        return False
+    _done = ok
+    return ok
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without it is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available")
+    return torch.device(name)

@@ -1,0 +1,56 @@
+import numpy as np
+
+from elmrec.baselines import IdShortcutScorer, PopularityScorer, id_shortcut_scores
+from elmrec.data import Dataset
+from elmrec.evaluation import evaluate
+from elmrec.synthetic import make_synthetic
+
+
+class Constant:
+    def __init__(self, n):
+        self.n = n
+
+    def score_all(self, users, histories):
+        return np.zeros((len(users), self.n + 1))
+
+    def score_candidates(self, users, histories, candidates):
+        return np.zeros(candidates.shape)
+
+
+def test_popularity_counts_training_only():
+    # item 4 is only ever a validation/test item (score 0); item 3 is counted for user 2's training only
+    ds = Dataset.from_histories([[1, 2, 4, 4], [1, 3, 2, 4], [2, 1, 3, 3]], n_items=4)
+    pop = PopularityScorer(ds)
+    assert pop.score_all(np.array([1]), [ds.history(1)])[0, 1:].tolist() == [3, 2, 1, 0]
+    assert pop.score_candidates(np.array([1, 2]), [], np.array([[4, 1], [2, 3]])).tolist() == [[0, 3], [2, 1]]
+
+
+def test_popularity_beats_constant(synthetic_dataset):
+    ds = synthetic_dataset
+    for task in ("sequential", "direct"):
+        pop = evaluate(PopularityScorer(ds), ds, task, progress=False).metrics
+        const = evaluate(Constant(ds.n_items), ds, task, progress=False).metrics
+        assert pop["HR@10"] > const["HR@10"] == 0, task
+        assert pop["NDCG@10"] > 0
+
+
+def test_id_shortcut_rule():
+    # last = 5, top = 8, 10 items: 9, 10 first (above top), then 6, 7, 8, then 5, 4, ... 1
+    scores = id_shortcut_scores(np.arange(1, 11)[None, :], np.array([[5]]), np.array([[8]]), 10)[0]
+    assert (np.argsort(-scores) + 1).tolist() == [9, 10, 6, 7, 8, 5, 4, 3, 2, 1]
+    scorer = IdShortcutScorer(Dataset.from_histories([[3, 8, 5]], n_items=10))
+    full = scorer.score_all(np.array([1]), [np.array([3, 8, 5])])
+    assert full[0, 0] == -np.inf and np.array_equal(full[0, 1:], scores)
+    cands = scorer.score_candidates(np.array([1]), [np.array([3, 8, 5])], np.array([[2, 9, 7]]))
+    assert cands.tolist() == [[scores[1], scores[8], scores[6]]]
+
+
+def test_id_shortcut_needs_sequential_ids():
+    args = dict(n_users=200, n_items=150, seed=1)
+    seq, rnd = make_synthetic(item_order="sequential", **args), make_synthetic(item_order="random", **args)
+    hr = {
+        name: evaluate(IdShortcutScorer(ds), ds, "sequential", progress=False).metrics["HR@1"]
+        for name, ds in (("sequential", seq), ("random", rnd))
+    }
+    assert hr["sequential"] > 0.03 and hr["random"] < 0.02
+    assert hr["sequential"] > 3 * hr["random"]

@@ -1,0 +1,124 @@
+"""Constrained generation, reranking and exact candidate scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from elmrec.config import ModelConfig
+from elmrec.generation import (
+    beam_search,
+    build_trie,
+    candidate_log_likelihood,
+    candidate_tokens,
+    item_token_ids,
+    rerank,
+)
+from elmrec.model import build_model
+from elmrec.prompts import EVAL_TEMPLATE, render
+from elmrec.tasks import DIRECT, SEQUENTIAL, Sample
+from elmrec.tokenization import build_tokenizer, encode_prompts
+
+N_USERS, N_ITEMS = 30, 150  # ids of 1 to 3 digits: tokenised lengths differ
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    users = np.arange(1, N_USERS + 1).repeat(3)
+    items = (users * 7) % N_ITEMS + 1
+    model = build_model(ModelConfig(size="tiny", dropout=0.0), N_USERS, N_ITEMS, users, items, len(tok), 0)
+    model.eval()
+    return model, tok
+
+
+def _encode(model, tok, task, samples):
+    batch = encode_prompts(tok, [render(s, EVAL_TEMPLATE, N_USERS, True) for s in samples])
+    with torch.no_grad():
+        return model.encode(task, **batch)
+
+
+def _exhaustive(model, tok, hidden, mask, items):
+    cands = np.tile(items, (hidden.shape[0], 1))
+    return candidate_log_likelihood(model, hidden, mask, candidate_tokens(tok, cands, "cpu")).numpy()
+
+
+def test_trie_accepts_exactly_the_item_ids(setup):
+    _, tok = setup
+    items = np.array([3, 30, 33, 149])
+    trie = build_trie(tok, [items])
+    reached = set()
+    for item, seq in zip(items, item_token_ids(tok, items)):
+        node = int(trie.roots[0])
+        for t in seq:
+            sym = int((trie.sym_tokens == t).nonzero()[0, 0])
+            node = int(trie.next_node[node, sym])
+            assert node != 0, f"item {item} left the trie"
+        reached.add(int(trie.item_of_node[node]))
+    assert reached == set(items.tolist())
+    assert int((trie.item_of_node > 0).sum()) == len(items)
+
+
+def test_every_generated_id_is_a_real_item(setup):
+    model, tok = setup
+    samples = [Sample(SEQUENTIAL, u, tuple(int(i) for i in np.arange(u, u + 5) % N_ITEMS + 1), 1)
+               for u in range(1, N_USERS + 1)]
+    hidden, mask = _encode(model, tok, SEQUENTIAL, samples)
+    trie = build_trie(tok, [np.arange(1, N_ITEMS + 1)])
+    items, scores = beam_search(model, hidden, mask, trie, trie.roots[[0] * len(samples)], beams=20, n_return=20)
+    assert items.shape == (N_USERS, 20)
+    assert ((items >= 1) & (items <= N_ITEMS)).all()
+    assert torch.isfinite(scores).all()
+    assert all(len(set(row.tolist())) == 20 for row in items)  # no duplicates
+    assert (scores[:, :-1] >= scores[:, 1:]).all()  # best first
+
+
+def test_beam_search_with_as_many_beams_as_items_is_exhaustive(setup):
+    model, tok = setup
+    items = np.array([2, 7, 19, 20, 88, 101, 120, 5, 64])
+    samples = [Sample(SEQUENTIAL, 4, (3, 9), 1), Sample(SEQUENTIAL, 11, (40, 41, 42), 1)]
+    hidden, mask = _encode(model, tok, SEQUENTIAL, samples)
+    trie = build_trie(tok, [items])
+    got, got_scores = beam_search(model, hidden, mask, trie, trie.roots[[0, 0]], len(items), len(items))
+    exact = _exhaustive(model, tok, hidden, mask, items)
+    for r in range(2):
+        np.testing.assert_array_equal(got[r].numpy(), items[np.argsort(-exact[r], kind="stable")])
+        np.testing.assert_allclose(got_scores[r].numpy(), np.sort(exact[r])[::-1], rtol=1e-4, atol=1e-4)
+
+
+def test_fewer_valid_ids_than_requested_are_padded_not_invented(setup):
+    model, tok = setup
+    hidden, mask = _encode(model, tok, SEQUENTIAL, [Sample(SEQUENTIAL, 1, (2,), 1)])
+    trie = build_trie(tok, [np.array([5, 6, 7])])
+    items, scores = beam_search(model, hidden, mask, trie, trie.roots[[0]], beams=6, n_return=6)
+    assert sorted(items[0, :3].tolist()) == [5, 6, 7]
+    assert items[0, 3:].eq(0).all() and torch.isinf(scores[0, 3:]).all()
+
+
+def test_exact_candidate_scoring_equals_brute_force(setup):
+    model, tok = setup
+    cands = np.array([[4, 17, 150, 99, 1], [23, 8, 140, 66, 12]])
+    samples = [Sample(DIRECT, u + 1, tuple(c), int(c[0])) for u, c in enumerate(cands)]
+    hidden, mask = _encode(model, tok, DIRECT, samples)
+    fast = candidate_log_likelihood(model, hidden, mask, candidate_tokens(tok, cands, "cpu")).numpy()
+    for r in range(len(cands)):
+        for c, item in enumerate(cands[r]):
+            labels = torch.tensor([item_token_ids(tok, [item])[0]])
+            with torch.no_grad():
+                logits = model.t5(encoder_outputs=(hidden[r : r + 1],), attention_mask=mask[r : r + 1],
+                                  labels=labels).logits
+            brute = logits.log_softmax(-1).gather(-1, labels[..., None]).sum().item()
+            assert fast[r, c] == pytest.approx(brute, abs=1e-4)
+
+
+def test_rerank_drops_history_and_fills_top_n():
+    items = np.array([[5, 1, 9, 2, 7, 8, 3], [4, 4, 0, 0, 0, 0, 0]])
+    scores = -np.arange(7, dtype=float)[None].repeat(2, 0)
+    out, out_scores, dropped = rerank(items, scores, [np.array([1, 2, 3]), np.array([4])], top_n=4)
+    np.testing.assert_array_equal(out[0], [5, 9, 7, 8])
+    np.testing.assert_array_equal(out_scores[0], [0, -2, -4, -5])
+    assert dropped.tolist() == [3, 2]
+    np.testing.assert_array_equal(out[1], [0, 0, 0, 0])
+    assert np.isinf(out_scores[1]).all()

@@ -1,0 +1,209 @@
+"""Tokenizer, prompts, whole-word indices, graph propagation and checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from elmrec.config import ModelConfig
+from elmrec.data import Dataset
+from elmrec.graph import lightgcn, normalized_adjacency
+from elmrec.model import ELMRec, build_model
+from elmrec.prompts import EVAL_TEMPLATE, TEMPLATES, render
+from elmrec.tasks import DIRECT, EXPLANATION, SEQUENTIAL, Sample
+from elmrec.tokenization import build_tokenizer, encode_prompts, encode_targets
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(["great scent and long lasting"])
+
+
+def test_ids_split_into_pieces_like_sentencepiece(tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded.tokenize("user_123 item_4567") == ["▁user", "_", "12", "3", "▁item", "_", "45", "67"]
+    # targets are bare numbers; decoding gives the number back
+    ids = loaded("12101")["input_ids"]
+    assert loaded.convert_ids_to_tokens(ids) == ["▁", "12", "10", "1", "</s>"]
+    assert loaded.decode(ids, skip_special_tokens=True) == "12101"
+    assert (loaded.pad_token_id, loaded.eos_token_id) == (0, 1)
+
+
+def _token_whole_words(tokenizer, prompt):
+    batch = encode_prompts(tokenizer, [prompt])
+    tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
+    return list(zip(tokens, batch["whole_word"][0].tolist()))
+
+
+def test_graph_aware_whole_word_indices(tokenizer):
+    n_users = 50
+    prompt = render(Sample(DIRECT, 7, (12, 3), 3), EVAL_TEMPLATE, n_users, incremental=True)
+    assert prompt.text == "user_7 item_12 item_3"
+    assert _token_whole_words(tokenizer, prompt) == [
+        ("▁user", 7), ("_", 7), ("7", 7),
+        ("▁item", 62), ("_", 62), ("12", 62),
+        ("▁item", 53), ("_", 53), ("3", 53),
+        ("</s>", 0),
+    ]
+
+
+def test_incremental_whole_word_indices_and_non_id_tokens(tokenizer):
+    prompt = render(Sample(SEQUENTIAL, 9, (40, 41, 5), 6), 1, n_users=50, incremental=True)
+    pairs = _token_whole_words(tokenizer, prompt)
+    by_piece = [(t, w) for t, w in pairs if w > 0]
+    assert [w for _, w in by_piece] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+    # every word outside an id (template words, punctuation, </s>) has index 0
+    words = [t for t, w in pairs if w == 0]
+    assert "▁bought" in words and "</s>" in words and not any(t == "_" for t in words)
+
+
+def test_whole_word_indices_in_a_padded_batch_match_single_prompts(tokenizer):
+    samples = [Sample(DIRECT, 1, (5, 17, 2), 5), Sample(EXPLANATION, 22, (3,), "x")]
+    prompts = [render(s, 2, 30, True) for s in samples]
+    batch = encode_prompts(tokenizer, prompts)
+    for k, p in enumerate(prompts):
+        single = encode_prompts(tokenizer, [p])["whole_word"][0]
+        assert torch.equal(batch["whole_word"][k, : len(single)], single)
+        assert batch["whole_word"][k, len(single):].eq(0).all()
+
+
+def test_every_template_renders_every_id(tokenizer):
+    for task, templates in TEMPLATES.items():
+        items = (4, 8) if task != EXPLANATION else (4,)
+        for t in range(len(templates)):
+            p = render(Sample(task, 3, items, 4), t, 10, True)
+            for start, end, _ in p.spans:
+                assert p.text[start:end] in {"user_3", "item_4", "item_8"}
+            assert len(p.spans) == 1 + len(items)
+
+
+def test_explanation_targets_are_cut_to_the_limit(tokenizer):
+    labels = encode_targets(tokenizer, ["great " * 40], max_tokens=21)
+    assert labels.shape[1] == 21 and labels[0, -1].item() == tokenizer.eos_token_id
+
+
+def test_propagation_equals_dense_reference():
+    users, items = np.array([1, 1, 2, 3, 3]), np.array([1, 2, 2, 3, 4])
+    adj = normalized_adjacency(3, 4, users, items)
+    a = np.zeros((8, 8))
+    for u, i in zip(users, items):
+        a[u, 3 + i] = a[3 + i, u] = 1
+    deg = a.sum(1)
+    inv = np.where(deg > 0, deg, 1) ** -0.5 * (deg > 0)
+    a_hat = inv[:, None] * a * inv[None, :]
+    np.testing.assert_allclose(adj.toarray(), a_hat, atol=1e-7)
+    x = torch.randn(8, 6, requires_grad=True)
+    layers = 3
+    dense = torch.tensor(a_hat, dtype=torch.float32)
+    reference = sum(torch.linalg.matrix_power(dense, k) for k in range(layers + 1)) / (layers + 1)
+    out = lightgcn(adj, x, layers)
+    torch.testing.assert_close(out, reference @ x.detach(), atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(out)
+    (out * grad).sum().backward()
+    torch.testing.assert_close(x.grad, reference.T @ grad, atol=1e-5, rtol=1e-5)
+    # node 0 (padding) is isolated: only its own feature survives, averaged over L + 1 terms
+    np.testing.assert_array_equal(adj.toarray()[0], 0)
+    torch.testing.assert_close(out[0], x[0].detach() / (layers + 1))
+
+
+def test_graph_holds_no_validation_or_test_interaction():
+    # user 1: 10 20 30 40 -> training 10 20; user 2: 30 40 50 -> training 30
+    ds = Dataset.from_histories([[1, 2, 3, 4], [3, 4, 5]], n_items=5)
+    users, items = ds.train_pairs()
+    adj = normalized_adjacency(ds.n_users, ds.n_items, users, items).toarray()
+    n = ds.n_users
+    edges = {(u, i - n) for u, i in zip(*np.nonzero(adj)) if 1 <= u <= n and i > n}
+    assert edges == {(1, 1), (1, 2), (2, 3)}
+
+
+def _tiny_model(tokenizer, seed=0, **overrides):
+    cfg = ModelConfig(size="tiny", **overrides)
+    return build_model(cfg, 5, 12, np.array([1, 2, 3, 4, 5]), np.array([1, 3, 5, 7, 9]), len(tokenizer), seed)
+
+
+def _logits(model, tokenizer, task=DIRECT):
+    sample = Sample(task, 2, (3, 7, 11), 7)
+    batch = encode_prompts(tokenizer, [render(sample, 1, 5, True)])
+    model.eval()
+    with torch.no_grad():
+        hidden, mask = model.encode(task, **batch)
+        return model.decode(hidden, mask, torch.zeros(1, 3, dtype=torch.long)).logits
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tokenizer, tmp_path):
+    model = _tiny_model(tokenizer)
+    with torch.no_grad():
+        model.graph_table.mul_(1.5)  # weights that are not the initial ones
+    model.save_pretrained(tmp_path / "ckpt", tokenizer)
+    loaded, tok2 = ELMRec.from_pretrained(tmp_path / "ckpt")
+    for task in (DIRECT, SEQUENTIAL, EXPLANATION):
+        assert torch.equal(_logits(model, tokenizer, task), _logits(loaded, tok2, task))
+    assert tok2.tokenize("item_42") == tokenizer.tokenize("item_42")
+    # safetensors only: the weights load with torch's safe loading rules in force
+    assert not list((tmp_path / "ckpt").glob("*.bin")) and not list((tmp_path / "ckpt").glob("*.pt"))
+
+
+def test_checkpoint_write_is_atomic(tokenizer, tmp_path, monkeypatch):
+    model = _tiny_model(tokenizer)
+    model.save_pretrained(tmp_path / "ckpt", tokenizer)
+    before = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("elmrec.model.save_file", broken)
+    with pytest.raises(OSError):
+        model.save_pretrained(tmp_path / "ckpt", tokenizer)
+    assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_not_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not an elmrec checkpoint"):
+        ELMRec.from_pretrained(tmp_path)
+
+
+def test_ablation_switches_change_the_embeddings(tokenizer):
+    base = _tiny_model(tokenizer)
+    sample_ww = torch.tensor([[2, 6, 0]])
+    base.eval()
+    with torch.no_grad():
+        propagated = base.whole_word(DIRECT, sample_ww)
+        base.config.use_graph = False
+        base._graph_cache = None
+        plain = base.whole_word(DIRECT, sample_ww)
+        assert not torch.allclose(propagated, plain)
+        torch.testing.assert_close(plain[0, 0], base.config.graph_alpha * base.graph_table[2])
+        assert plain[0, 2].abs().sum() == 0  # index 0 contributes nothing
+        seq = base.whole_word(SEQUENTIAL, sample_ww)
+        torch.testing.assert_close(seq[0, 1], base.config.seq_alpha * base.position_table[6])
+        base.config.use_incremental = False  # sequential falls back to id-based whole words
+        assert torch.equal(base.whole_word(SEQUENTIAL, sample_ww), plain)
+
+
+def test_soft_prompts_extend_the_encoder_mask(tokenizer):
+    model = _tiny_model(tokenizer)
+    batch = encode_prompts(tokenizer, [render(Sample(DIRECT, 1, (2, 3), 2), 0, 5, True)])
+    hidden, mask = model.encode(DIRECT, **batch)
+    assert hidden.shape[1] == batch["input_ids"].shape[1] + 3 and mask[0, :3].eq(1).all()
+    model.config.use_soft_prompts = False
+    hidden, mask = model.encode(DIRECT, **batch)
+    assert hidden.shape[1] == batch["input_ids"].shape[1]
+
+
+def test_pretrained_backbone_path(tokenizer, tmp_path):
+    """A user's own (here: tiny, saved locally) T5 and tokenizer replace the built-in ones."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=64, num_layers=1,
+                                             num_heads=2, d_kv=16, decoder_start_token_id=0))
+    t5.save_pretrained(tmp_path / "mini-t5")
+    tokenizer.save_pretrained(tmp_path / "mini-t5")
+    cfg = ModelConfig(backbone=str(tmp_path / "mini-t5"))
+    model = build_model(cfg, 5, 12, np.array([1]), np.array([1]), len(tokenizer), 0)
+    assert model.t5.config.d_model == 32
+    torch.testing.assert_close(model.t5.shared.weight, t5.shared.weight)
+    assert _logits(model, tokenizer).shape[-1] == len(tokenizer)

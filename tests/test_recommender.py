@@ -1,0 +1,114 @@
+"""A trained checkpoint end to end: quality against popularity, the Recommender API, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from elmrec.baselines import PopularityScorer
+from elmrec.cli import main
+from elmrec.data import Dataset
+from elmrec.evaluation import evaluate, evaluate_explanation
+from elmrec.recommender import Recommender
+
+
+@pytest.fixture(scope="module")
+def rec(trained_checkpoint) -> Recommender:
+    return Recommender.from_pretrained(trained_checkpoint, device="cpu")
+
+
+@pytest.mark.parametrize("task", ["sequential", "direct"])
+def test_trained_model_beats_popularity(rec, quick_dataset, task):
+    ours = evaluate(rec, quick_dataset, task, "test", progress=False)
+    pop = evaluate(PopularityScorer(quick_dataset), quick_dataset, task, "test", progress=False)
+    assert ours.metrics["NDCG@10"] > pop.metrics["NDCG@10"] + 0.01, (ours.metrics, pop.metrics)
+    assert ours.metrics["HR@10"] >= pop.metrics["HR@10"]
+    if task == "sequential":
+        assert ours.extra["invalid"] == 0 and ours.extra["generated"] > 0
+
+
+def test_recommendations_are_real_unseen_items(rec, quick_dataset):
+    for user in (1, 17, 300):
+        recs = rec.recommend(user=user, top_n=5)
+        items = [r.item for r in recs]
+        assert len(items) == 5 and len(set(items)) == 5
+        assert all(1 <= i <= quick_dataset.n_items for i in items)
+        assert not set(items) & set(quick_dataset.history(user).tolist())
+        assert all(a.score >= b.score for a, b in zip(recs, recs[1:]))
+        assert recs[0].item_name == quick_dataset.item_names[recs[0].item]
+
+
+def test_new_user_history_and_original_ids(rec, quick_dataset):
+    names = quick_dataset.item_names
+    history = [names[3], names[9]]  # original ids work as well as internal ones
+    recs = rec.recommend(history=history, top_n=4)
+    assert len(recs) == 4 and not {r.item for r in recs} & {3, 9}
+    assert [r.item for r in rec.recommend(history=[3, 9], top_n=4)] == [r.item for r in recs]
+    with pytest.raises(ValueError, match="empty"):
+        rec.recommend(history=[])
+    with pytest.raises(KeyError, match="unknown item"):
+        rec.recommend(history=["no-such-item"])
+    with pytest.raises(KeyError, match="unknown user"):
+        rec.recommend(user=10**6)
+
+
+def test_checkpoint_refuses_another_dataset(rec):
+    other = Dataset.from_histories([[1, 2, 3]] * 3, n_items=3)
+    with pytest.raises(ValueError, match="trained on dataset"):
+        rec.check_dataset(other.fingerprint())
+
+
+def test_direct_beam_decoding_returns_only_candidates(trained_checkpoint, quick_dataset):
+    beam = Recommender.from_pretrained(trained_checkpoint, device="cpu", direct_decode="beam")
+    users = quick_dataset.users[:8]
+    cands = np.concatenate([quick_dataset.targets("test")[users][:, None], quick_dataset.negatives[users]], 1)
+    scores = beam.score_candidates(users, [quick_dataset.split_history(int(u), "test") for u in users], cands)
+    assert scores.shape == cands.shape
+    assert (np.isfinite(scores).sum(1) == 10).all()  # top_n candidates found, all others -inf
+
+
+def test_explanations_are_generated_and_scored(tmp_path, synthetic_dataset):
+    from elmrec.config import load_config
+    from elmrec.training import train
+
+    cfg = load_config(overrides=dict(size="tiny", batch_size=16, epochs=2, valid_users=20, tasks=["explanation"]))
+    train(cfg, synthetic_dataset, tmp_path / "run", progress=False, echo=lambda s: None)
+    rec = Recommender.from_pretrained(tmp_path / "run" / "best", device="cpu")
+    text = rec.explain(1, int(synthetic_dataset.history(1)[0]))
+    assert isinstance(text, str) and text.strip()
+    res = evaluate_explanation(rec.explain_batch, synthetic_dataset, "test", limit=16, progress=False)
+    assert set(res.metrics) == {"BLEU-1", "BLEU-4", "ROUGE-1", "ROUGE-2", "ROUGE-L"}
+    assert res.metrics["ROUGE-1"] > 0 and len(res.extra["examples"]) == 5
+
+
+def test_explain_needs_a_model_trained_on_explanations(rec):
+    with pytest.raises(ValueError, match="not trained on explanations"):
+        rec.explain(1, 2)
+
+
+def test_cli_evaluate_json_matches_the_api(rec, trained_checkpoint, quick_dir, quick_dataset, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    code = main(["evaluate", "--checkpoint", str(trained_checkpoint), "--data", str(quick_dir), "--task",
+                 "direct", "--split", "test", "--no-progress", "--output", str(out)])
+    assert code == 0
+    record = json.loads(out.read_text())
+    api = evaluate(rec, quick_dataset, "direct", "test", progress=False)
+    assert record["metrics"] == pytest.approx(api.metrics)
+    assert record["protocol"]["fingerprint"] == quick_dataset.fingerprint()
+    assert record["extra"]["direct_decode"] == "score"
+
+
+def test_cli_recommend_json_matches_the_api(rec, trained_checkpoint, capsys):
+    assert main(["recommend", "--checkpoint", str(trained_checkpoint), "--user", "5", "--top-n", "3",
+                 "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [r["item"] for r in printed] == [r.item for r in rec.recommend(user=5, top_n=3)]
+
+
+def test_cli_errors_are_one_line(trained_checkpoint, tmp_path, capsys):
+    assert main(["recommend", "--checkpoint", str(trained_checkpoint), "--user", "999999"]) == 2
+    assert "error: unknown user" in capsys.readouterr().err
+    assert main(["recommend", "--checkpoint", str(tmp_path), "--user", "1"]) == 2
+    assert "not an elmrec checkpoint" in capsys.readouterr().err

@@ -1,0 +1,128 @@
+"""Training: samplers, determinism, resume, learning, configuration."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from elmrec import tasks as T
+from elmrec.config import PRESETS, load_config
+from elmrec.data import Dataset
+from elmrec.training import train
+
+FAST = dict(size="tiny", batch_size=16, steps_per_epoch=2, valid_users=20, warmup_steps=2, n_negatives=9,
+            eval_batch_size=8)
+
+
+def _cfg(**overrides):
+    return load_config(overrides={**FAST, **overrides})
+
+
+def test_sequential_samples_stay_inside_training_history():
+    ds = Dataset.from_histories([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10]], n_items=10)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        for s in T.sequential_train_samples(ds, ds.users, rng, max_history=2):
+            train_items = list(ds.split_history(s.user, "train"))
+            seg = list(s.items) + [s.target]
+            assert 1 <= len(s.items) <= 2
+            assert any(train_items[k : k + len(seg)] == seg for k in range(len(train_items)))
+
+
+def test_direct_samples_hold_one_training_positive_and_fresh_negatives():
+    ds = Dataset.from_histories([[1, 2, 3, 4, 5, 6]] * 3, n_items=40)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for s in T.direct_train_samples(ds, ds.users, rng, n_negatives=20):
+        assert len(set(s.items)) == 21 and s.target in s.items
+        assert s.target in (1, 2, 3, 4)  # training part only
+        assert not set(s.items) - {s.target} & {1, 2, 3, 4}
+        seen.add(s.items)
+    assert len(seen) == 3  # resampled per sample
+
+
+def test_training_explanations_skip_reviews_of_held_out_items():
+    ds = Dataset.from_histories(
+        [[1, 2, 3, 4]], n_items=4,
+        explanations={"train": [(1, 1, "ok"), (1, 4, "test item leak"), (1, 3, "valid leak")]},
+    )
+    assert [s.target for s in T.explanation_samples(ds, "train")] == ["ok"]
+
+
+def test_preset_file_and_command_line_layering(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"preset": "beauty", "model": {"graph_alpha": 3}, "train": {"lr": 0.01}}))
+    cfg = load_config(path, overrides={"lr": 0.5, "sigma": 2})
+    assert cfg.model.graph_alpha == 3 and cfg.model.seq_alpha == PRESETS["beauty"]["seq_alpha"]
+    assert cfg.eval.extra_candidates == 15 and cfg.train.lr == 0.5
+    assert cfg.model.graph_sigma == cfg.model.seq_sigma == 2
+    with pytest.raises(ValueError, match="unknown configuration field 'colour'"):
+        load_config(overrides={"colour": 1})
+    with pytest.raises(ValueError, match="batch_size"):
+        load_config(overrides={"batch_size": "many"})
+    with pytest.raises(ValueError, match="unknown preset"):
+        load_config(preset="movies")
+
+
+def _weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path, synthetic_dataset):
+    cfg = _cfg(epochs=2, patience=10)
+    train(cfg, synthetic_dataset, tmp_path / "full", progress=False, echo=lambda s: None)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(message):
+        raise Stop  # the process dies right after epoch 1 was saved
+
+    with pytest.raises(Stop):
+        train(cfg, synthetic_dataset, tmp_path / "cut", progress=False, echo=interrupt)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, synthetic_dataset, tmp_path / "cut", progress=False, echo=lambda s: None)
+    train(cfg, synthetic_dataset, tmp_path / "cut", resume=True, progress=False, echo=lambda s: None)
+    full, cut = _weights(tmp_path / "full" / "last"), _weights(tmp_path / "cut" / "last")
+    assert full.keys() == cut.keys()
+    for k in full:
+        assert (full[k] == cut[k]).all(), k
+
+    def losses(run):
+        return [json.loads(ln)["valid_loss"] for ln in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+
+    assert losses("full") == losses("cut")
+
+
+def test_same_seed_same_model_and_another_seed_differs(tmp_path, synthetic_dataset):
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        train(_cfg(epochs=1, seed=seed), synthetic_dataset, tmp_path / name, progress=False, echo=lambda s: None)
+    a, b, c = (_weights(tmp_path / n / "best") for n in "abc")
+    assert all((a[k] == b[k]).all() for k in a)
+    assert any((a[k] != c[k]).any() for k in a)
+
+
+def test_resume_refuses_another_dataset(tmp_path, synthetic_dataset):
+    train(_cfg(epochs=1), synthetic_dataset, tmp_path / "run", progress=False, echo=lambda s: None)
+    other = Dataset.from_histories([[1, 2, 3]] * 4, n_items=3)
+    with pytest.raises(ValueError, match="trained on dataset"):
+        train(_cfg(epochs=1), other, tmp_path / "run", resume=True, progress=False)
+
+
+def test_tiny_model_learns_within_a_minute(tmp_path, synthetic_dataset):
+    cfg = load_config(overrides=dict(size="tiny", batch_size=16, epochs=8, valid_users=None, warmup_steps=10,
+                                     n_negatives=19, budget_minutes=1.0))
+    result = train(cfg, synthetic_dataset, tmp_path / "run", progress=False, echo=lambda s: None)
+    log = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    start = log[0]["valid_loss"]
+    assert log[0]["epoch"] == 0
+    assert set(start) == {"explanation", "sequential", "direct", "mean"}
+    assert result["best_valid_loss"] < 0.5 * start["mean"]
+    for task in ("sequential", "direct", "explanation"):
+        assert min(rec["valid_loss"][task] for rec in log[1:]) < 0.6 * start[task]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["n_negatives"] == 19
