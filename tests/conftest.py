@@ -66,7 +66,7 @@ def beauty(shared_beauty: Path) -> Dataset:
 # Planted transitions strong enough that a tiny model learns them in about a minute on 2 cores.
 QUICK_DATA = dict(n_users=600, n_items=40, n_communities=4, p_successor=0.9, min_len=4, max_len=8,
                   n_negatives=19, seed=0)
-QUICK_TRAIN = dict(size="tiny", alpha=0.1, dropout=0.0, lr=3e-3, batch_size=32, valid_users=100,
+QUICK_TRAIN = dict(size="tiny", graph_alpha=3.0, seq_alpha=0.1, dropout=0.0, lr=3e-3, batch_size=32, valid_users=100,
                    n_negatives=19, epochs=12, patience=100, tasks=["sequential", "direct"])
 
 

@@ -207,3 +207,17 @@ def test_pretrained_backbone_path(tokenizer, tmp_path):
     assert model.t5.config.d_model == 32
     torch.testing.assert_close(model.t5.shared.weight, t5.shared.weight)
     assert _logits(model, tokenizer).shape[-1] == len(tokenizer)
+
+
+def test_torch_sparse_path_matches_the_scipy_path():
+    """The GPU path (torch sparse) computes the same propagation as the CPU (SciPy) path."""
+    adj = normalized_adjacency(4, 6, np.array([1, 1, 2, 3, 4, 4]), np.array([1, 2, 2, 5, 6, 1]))
+    x = torch.randn(11, 5)
+    torch.testing.assert_close(lightgcn(adj, x.double(), 3).float(), lightgcn(adj, x, 3), atol=1e-5, rtol=1e-5)
+
+
+def test_repeated_items_get_the_index_of_each_mention_and_new_users_no_graph_node():
+    p = render(Sample(SEQUENTIAL, 3, (8, 9, 8), 1), EVAL_TEMPLATE, 10, incremental=True)
+    assert p.spans[:, 2].tolist() == [1, 2, 3, 4]  # the latest mention of item 8 is the most recent
+    p = render(Sample(SEQUENTIAL, 11, (8,), 1), EVAL_TEMPLATE, 10, incremental=False)
+    assert p.spans[:, 2].tolist() == [0, 18]  # user 11 is outside the 10-user graph

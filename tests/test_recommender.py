@@ -112,3 +112,22 @@ def test_cli_errors_are_one_line(trained_checkpoint, tmp_path, capsys):
     assert "error: unknown user" in capsys.readouterr().err
     assert main(["recommend", "--checkpoint", str(tmp_path), "--user", "1"]) == 2
     assert "not an elmrec checkpoint" in capsys.readouterr().err
+
+
+def test_cli_train_bad_input_and_ks_beyond_top_n(trained_checkpoint, quick_dir, tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert main(["train", "--data", str(quick_dir), "--out", str(tmp_path / "r"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    out = tmp_path / "k.json"
+    assert main(["evaluate", "--checkpoint", str(trained_checkpoint), "--data", str(quick_dir), "--ks", "1,20",
+                 "--users", "40", "--no-progress", "--output", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["extra"]["top_n"] == 20 and record["metrics"]["HR@20"] >= record["metrics"]["HR@1"]
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path, capsys):
+    (tmp_path / "precious.txt").write_text("keep me")
+    assert main(["demo", "--out", str(tmp_path)]) == 2
+    assert "not a demo folder" in capsys.readouterr().err
+    assert (tmp_path / "precious.txt").read_text() == "keep me"

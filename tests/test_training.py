@@ -126,3 +126,24 @@ def test_tiny_model_learns_within_a_minute(tmp_path, synthetic_dataset):
         assert min(rec["valid_loss"][task] for rec in log[1:]) < 0.6 * start[task]
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["train"]["n_negatives"] == 19
+
+
+def test_settings_that_cannot_work_are_refused():
+    for bad in ({"max_history": 0}, {"top_n": -1}, {"eval_batch_size": 0}, {"budget_minutes": 0},
+                {"valid_users": 0}, {"n_positions": 10, "max_history": 20}):
+        with pytest.raises(ValueError, match="invalid configuration"):
+            load_config(overrides=bad)
+
+
+def test_resume_may_extend_epochs_and_says_when_nothing_is_left(tmp_path, synthetic_dataset):
+    train(_cfg(epochs=1), synthetic_dataset, tmp_path / "run", progress=False, echo=lambda s: None)
+    said = []
+    train(_cfg(epochs=1), synthetic_dataset, tmp_path / "run", resume=True, progress=False, echo=said.append)
+    assert any("nothing to do" in s for s in said)
+    result = train(_cfg(epochs=2, lr=0.5), synthetic_dataset, tmp_path / "run", resume=True, progress=False,
+                   echo=lambda s: None)
+    assert result["epochs"] == 2
+    saved = json.loads((tmp_path / "run" / "last" / "run_config.json").read_text())
+    assert saved["train"]["epochs"] == 2 and saved["train"]["lr"] != 0.5  # only run length may change
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(_cfg(), synthetic_dataset, tmp_path / "empty", resume=True, progress=False)

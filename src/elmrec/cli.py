@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
@@ -113,6 +114,9 @@ def build_scorer(args: argparse.Namespace, dataset: Dataset) -> tuple[str, Score
         return args.model, BASELINES[args.model](dataset)
     rec = _load_recommender(args)
     rec.check_dataset(dataset.fingerprint())
+    k = max(args.ks)
+    if rec.eval.top_n < k:  # HR@k needs k returned items, not the checkpoint's default top_n
+        rec.eval = replace(rec.eval, top_n=k, beams=max(rec.eval.beams, k + rec.eval.extra_candidates))
     return f"elmrec:{args.checkpoint}", rec
 
 
@@ -150,6 +154,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     print(f"{name} on {args.data}")
     print(result.format_table())
+    shown = ("beams", "top_n", "extra_candidates", "rerank", "direct_decode", "invalid_share", "dropped_by_rerank")
+    settings = {k: result.extra[k] for k in shown if k in result.extra}
+    if settings:
+        print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items())
+              + f", exclude_history={result.protocol.get('exclude_history')}")
     if args.output:
         record = {
             "model": name,
@@ -200,7 +209,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, minutes=args.minutes, seed=args.seed, progress=not args.no_progress)
+    run_demo(args.out, minutes=args.minutes, seed=args.seed, progress=not args.no_progress, overwrite=args.overwrite)
     return 0
 
 
@@ -320,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("demo", help="the whole product on built-in synthetic data, in minutes")
     p.add_argument("--out", default="demo", help="output directory (data, run, plot)")
     p.add_argument("--minutes", type=float, default=2.0, help="training budget")
+    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out that is not a demo folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
@@ -333,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()
     try:
         return args.func(args)
-    except (DataError, OSError, ValueError, KeyError) as e:
+    except (DataError, OSError, ValueError, KeyError, FloatingPointError) as e:
         if args.traceback:
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -122,9 +122,26 @@ def _validate(data: dict) -> Config:
         problems.append("train.device must be auto, cpu or cuda")
     if cfg.eval.beams < cfg.eval.top_n:
         problems.append("eval.beams must be >= eval.top_n")
-    for name, value in [("batch_size", cfg.train.batch_size), ("epochs", cfg.train.epochs)]:
+    positive = {
+        "train.batch_size": cfg.train.batch_size, "train.epochs": cfg.train.epochs,
+        "train.max_history": cfg.train.max_history, "train.n_negatives": cfg.train.n_negatives,
+        "train.patience": cfg.train.patience, "eval.beams": cfg.eval.beams, "eval.top_n": cfg.eval.top_n,
+        "eval.eval_batch_size": cfg.eval.eval_batch_size, "eval.direct_beams": cfg.eval.direct_beams,
+        "eval.explanation_beams": cfg.eval.explanation_beams, "model.n_soft_prompts": cfg.model.n_soft_prompts,
+    }
+    for name, value in positive.items():
         if value < 1:
-            problems.append(f"train.{name} must be >= 1")
+            problems.append(f"{name} must be >= 1, got {value}")
+    for name, value in {"train.valid_users": cfg.train.valid_users, "train.steps_per_epoch": cfg.train.steps_per_epoch,
+                        "train.threads": cfg.train.threads}.items():
+        if value is not None and value < 1:
+            problems.append(f"{name} must be >= 1 (or unset), got {value}")
+    if cfg.train.budget_minutes is not None and cfg.train.budget_minutes <= 0:
+        problems.append("train.budget_minutes must be > 0 (or unset)")
+    if cfg.eval.extra_candidates < 0 or cfg.model.graph_layers < 0:
+        problems.append("eval.extra_candidates and model.graph_layers must be >= 0")
+    if cfg.model.n_positions < cfg.train.max_history + 2:
+        problems.append(f"model.n_positions must be >= train.max_history + 2 = {cfg.train.max_history + 2}")
     if cfg.preset is not None and cfg.preset not in PRESETS:
         problems.append(f"unknown preset {cfg.preset!r}; expected one of {sorted(PRESETS)}")
     if problems:

@@ -25,7 +25,7 @@ from .training import LOG_FILE, train
 DEMO_DATA = dict(n_users=600, n_items=40, n_communities=4, p_successor=0.9, min_len=4, max_len=8, n_negatives=19)
 # Small whole-word scales: with a randomly initialised T5 (token embeddings of std 1) the paper's
 # alpha of 6-9 (tuned on pretrained t5-small) drowns the token identity; see README.
-DEMO_CONFIG = dict(size="tiny", alpha=0.1, dropout=0.0, lr=3e-3, batch_size=32, valid_users=100,
+DEMO_CONFIG = dict(size="tiny", graph_alpha=3.0, seq_alpha=0.1, dropout=0.0, lr=3e-3, batch_size=32, valid_users=100,
                    n_negatives=19, epochs=100, patience=100)
 
 
@@ -45,9 +45,12 @@ def validation_metrics(dataset: Dataset, users: np.ndarray, cfg: Config):
 
 
 def plot_learning_curves(run_dir: Path, path: Path) -> Path:
+    import logging
+
     import matplotlib
 
     matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib.pyplot as plt
 
     log = [json.loads(line) for line in (run_dir / LOG_FILE).read_text().splitlines()]
@@ -71,8 +74,17 @@ def plot_learning_curves(run_dir: Path, path: Path) -> Path:
     return path
 
 
-def run_demo(out: str | Path = "demo", minutes: float = 2.0, seed: int = 0, progress: bool = True) -> dict:
+MARKER = ".elmrec-demo"
+
+
+def run_demo(
+    out: str | Path = "demo", minutes: float = 2.0, seed: int = 0, progress: bool = True, overwrite: bool = False
+) -> dict:
     out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists() and not overwrite:
+        raise FileExistsError(f"{out} is not empty and not a demo folder; choose another --out or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
     t0 = time.time()
     dataset = make_synthetic(seed=seed, **DEMO_DATA)
     write_p5(dataset, out / "data", overwrite=True)

@@ -61,7 +61,7 @@ def lightgcn(adjacency: sp.csr_matrix, features: torch.Tensor, layers: int) -> t
     coo = adjacency.tocoo()
     a = torch.sparse_coo_tensor(
         torch.as_tensor(np.stack([coo.row, coo.col]), dtype=torch.long),
-        torch.as_tensor(coo.data), adjacency.shape, device=features.device, dtype=features.dtype,
+        torch.as_tensor(coo.data), adjacency.shape, device=features.device, dtype=features.dtype, check_invariants=True,
     ).coalesce()
     out = h = features
     for _ in range(layers):

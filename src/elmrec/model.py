@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
@@ -166,15 +167,18 @@ class ELMRec(nn.Module):
         d = Path(directory)
         if not (d / CONFIG_FILE).is_file() or not (d / WEIGHTS_FILE).is_file():
             raise FileNotFoundError(f"{d}: not an elmrec checkpoint (missing {CONFIG_FILE} or {WEIGHTS_FILE})")
-        meta = json.loads((d / CONFIG_FILE).read_text())
-        config = ModelConfig(**meta["model"])
-        t5 = T5ForConditionalGeneration(T5Config.from_pretrained(d))
-        g = load_file(str(d / GRAPH_FILE))
-        n = meta["n_users"] + meta["n_items"] + 1
-        adj = sp.csr_matrix((g["data"].numpy(), g["indices"].numpy(), g["indptr"].numpy()), shape=(n, n))
-        model = cls(config, t5, meta["n_users"], meta["n_items"], adj)
-        state = load_file(str(d / WEIGHTS_FILE))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            meta = json.loads((d / CONFIG_FILE).read_text())
+            config = ModelConfig(**meta["model"])
+            t5 = T5ForConditionalGeneration(T5Config.from_pretrained(d))
+            g = load_file(str(d / GRAPH_FILE))
+            n = meta["n_users"] + meta["n_items"] + 1
+            adj = sp.csr_matrix((g["data"].numpy(), g["indices"].numpy(), g["indptr"].numpy()), shape=(n, n))
+            model = cls(config, t5, meta["n_users"], meta["n_items"], adj)
+            state = load_file(str(d / WEIGHTS_FILE))
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except (SafetensorError, TypeError, RuntimeError, KeyError, json.JSONDecodeError) as e:
+            raise ValueError(f"{d}: damaged or incompatible checkpoint ({type(e).__name__}: {e})") from None
         tied = {"t5.encoder.embed_tokens.weight", "t5.decoder.embed_tokens.weight", "t5.lm_head.weight"}
         if unexpected or set(missing) - tied:
             raise ValueError(f"{d}: weights do not match the config (missing {missing}, unexpected {unexpected})")

@@ -57,10 +57,6 @@ def render(sample: Sample, template: int, n_users: int, incremental: bool) -> Pr
     else:
         fields = {"user": [("user", sample.user)], "item": [("item", sample.items[0])]}
     use_incremental = incremental and sample.task == SEQUENTIAL
-    order = {("user", sample.user): 1}  # incremental: user first, then history oldest to newest
-    if use_incremental:
-        for k, i in enumerate(sample.items):
-            order.setdefault(("item", i), k + 2)
     parts: list[str] = []
     spans: list[tuple[int, int, int]] = []
     pos = 0
@@ -75,10 +71,12 @@ def render(sample: Sample, template: int, n_users: int, incremental: bool) -> Pr
                 parts.append(sep)
                 pos += len(sep)
             word = f"{kind}_{ident}"
-            if use_incremental:
-                ww = order[(kind, ident)]
+            if use_incremental:  # the user first, then the k-th history item (oldest first) -> k + 1
+                ww = 1 if kind == "user" else j + 2
+            elif kind == "user":  # a user outside the training graph has no graph node
+                ww = ident if ident <= n_users else 0
             else:
-                ww = ident if kind == "user" else n_users + ident
+                ww = n_users + ident
             spans.append((pos, pos + len(word), ww))
             parts.append(word)
             pos += len(word)

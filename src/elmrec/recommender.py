@@ -76,6 +76,7 @@ class Recommender:
         if unknown:
             raise ValueError(f"unknown evaluation setting(s): {sorted(unknown)}")
         run.eval = replace(run.eval, **{k: v for k, v in eval_overrides.items() if v is not None})
+        run = config_from_dict(run.to_dict())  # validates the overridden settings
         h = load_file(str(d / "histories.safetensors"))
         info = json.loads((d / "dataset.json").read_text())
         users = items = None
@@ -241,12 +242,12 @@ class Recommender:
 
     def explain(self, user: str | int, item: str | int) -> str:
         """A generated review-like sentence for (user, item); needs a model trained on explanations."""
-        if "explanation" not in self.trained_tasks:
-            raise ValueError(f"{self.directory} was not trained on explanations (no review data)")
         return self.explain_batch([(self.resolve_user(user), self.resolve_item(item))])[0]
 
     def explain_batch(self, pairs: list[tuple[int, int]]) -> list[str]:
         """Explanations for internal (user, item) ids, batched."""
+        if EXPLANATION not in self.trained_tasks:
+            raise ValueError(f"{self.directory or 'the model'} was not trained on explanations (no review data)")
         samples = [Sample(EXPLANATION, int(u), (int(i),), "") for u, i in pairs]
         texts: list[str] = []
         for sl in self._batches(len(samples)):

@@ -110,17 +110,21 @@ def direct_eval_candidates(
     targets = dataset.targets(split)[users]
     if dataset.negatives is not None:
         negs = dataset.negatives[users]
-    else:
+    else:  # the same count for every user, so candidate lists stack
+        n = min(n_negatives, dataset.n_items - int(np.diff(dataset.offsets).max()))
+        if n < 1:
+            raise ValueError(f"{dataset.name}: too few items to sample negatives for direct recommendation")
         rng = np.random.default_rng(seed)
-        negs = np.stack([sample_negatives(dataset.n_items, dataset.history(int(u)), n_negatives, rng)
-                         for u in users])
+        negs = np.stack([sample_negatives(dataset.n_items, dataset.history(int(u)), n, rng) for u in users])
     return np.concatenate([targets[:, None], negs], axis=1)
 
 
-def direct_eval_samples(dataset: Dataset, users: np.ndarray, split: str, seed: int = 0) -> list[Sample]:
+def direct_eval_samples(
+    dataset: Dataset, users: np.ndarray, split: str, seed: int = 0, n_negatives: int = 99
+) -> list[Sample]:
     """Validation/test direct samples; candidates are listed in a seeded shuffled order so the
     target's position in the prompt carries no signal."""
-    cands = direct_eval_candidates(dataset, users, split, seed=seed)
+    cands = direct_eval_candidates(dataset, users, split, n_negatives, seed=seed)
     rng = np.random.default_rng(seed)
     return [
         Sample(DIRECT, int(u), tuple(int(i) for i in rng.permutation(c)), int(c[0]))

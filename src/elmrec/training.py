@@ -33,6 +33,7 @@ from .runtime import resolve_device, tune_allocator
 from .tokenization import build_tokenizer, encode_prompts, encode_targets
 
 BEST, LAST, STATE_FILE, LOG_FILE = "best", "last", "training_state.pt", "log.jsonl"
+RESUMABLE = ("epochs", "patience", "budget_minutes", "device", "threads")
 
 
 def active_tasks(cfg: Config, dataset: Dataset) -> list[str]:
@@ -85,7 +86,8 @@ def checkpoint_files(dataset: Dataset, cfg: Config) -> dict[str, str | bytes]:
 class _Training:
     """State of one run; methods are the steps of the loop in ``train``."""
 
-    def __init__(self, cfg: Config, dataset: Dataset, out_dir: Path, rank: int, world_size: int):
+    def __init__(self, cfg: Config, dataset: Dataset, out_dir: Path, rank: int, world_size: int,
+                 tokenizer_dir: Path | None = None):
         self.cfg, self.data, self.out = cfg, dataset, out_dir
         self.rank, self.world = rank, world_size
         self.device = resolve_device(cfg.train.device)
@@ -94,11 +96,10 @@ class _Training:
         self.tasks = active_tasks(cfg, dataset)
         if not self.tasks:
             raise ValueError(f"no trainable task among {cfg.train.tasks} for this dataset")
-        if cfg.model.backbone:
-            self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.backbone)
-        else:
-            texts = [r[2] for r in (dataset.explanations or {}).get("train", [])]
-            self.tokenizer = build_tokenizer(texts)
+        if tokenizer_dir is not None or cfg.model.backbone:  # resume: the run's own tokenizer
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or cfg.model.backbone)
+        else:  # only reviews the model may train on shape the vocabulary
+            self.tokenizer = build_tokenizer([s.target for s in T.explanation_samples(dataset, "train")])
         users, items = dataset.train_pairs()
         self.model = build_model(
             cfg.model, dataset.n_users, dataset.n_items, users, items, len(self.tokenizer), cfg.train.seed
@@ -122,7 +123,7 @@ class _Training:
             users = np.sort(rng.choice(users, cfg.train.valid_users, replace=False))
         samples = {
             T.SEQUENTIAL: T.sequential_eval_samples(data, users, "valid", cfg.train.max_history),
-            T.DIRECT: T.direct_eval_samples(data, users, "valid", seed=cfg.train.seed),
+            T.DIRECT: T.direct_eval_samples(data, users, "valid", cfg.train.seed, cfg.train.n_negatives),
             T.EXPLANATION: T.explanation_samples(data, "valid", limit=cfg.train.valid_users),
         }
         batches = []
@@ -178,6 +179,11 @@ class _Training:
             batch = make_batch(samples, templates, self.tokenizer, self.data.n_users, cfg, self.device)
             with self.autocast():
                 loss = self.model(batch.task, **batch.inputs, labels=batch.labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite {batch.task} loss in epoch {self.epoch + 1}; lower --lr or the whole-word "
+                    f"scales (--alpha), or enable gradient clipping (the last good state is in {self.out / LAST})"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.train.grad_clip:
@@ -235,7 +241,10 @@ class _Training:
     def restore(self, directory: Path) -> None:
         model, _ = ELMRec.from_pretrained(directory, self.device)
         self.model.load_state_dict(model.state_dict())
-        state = torch.load(directory / STATE_FILE, map_location=self.device, weights_only=True)
+        try:
+            state = torch.load(directory / STATE_FILE, map_location=self.device, weights_only=True)
+        except (RuntimeError, EOFError, OSError) as e:
+            raise ValueError(f"{directory / STATE_FILE}: damaged training state ({e}); cannot resume") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.best = state["epoch"], state["best"]
@@ -262,8 +271,12 @@ def train(
         last = out / LAST
         if not (last / STATE_FILE).is_file():
             raise FileNotFoundError(f"{out}: nothing to resume (no {LAST}/{STATE_FILE})")
-        saved = json.loads((last / "run_config.json").read_text())
-        cfg = config_from_dict(saved)
+        saved = config_from_dict(json.loads((last / "run_config.json").read_text()))
+        # a resumed run keeps its model, data and sampling settings; only how long and where it
+        # runs may change (e.g. more epochs or a larger budget)
+        for name in RESUMABLE:
+            setattr(saved.train, name, getattr(cfg.train, name))
+        cfg = saved
         fingerprint = json.loads((last / "dataset.json").read_text())["fingerprint"]
         if fingerprint != dataset.fingerprint():
             raise ValueError(f"{out}: the run was trained on dataset {fingerprint}, not {dataset.fingerprint()}")
@@ -271,7 +284,7 @@ def train(
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.train.seed)
-    run = _Training(cfg, dataset, out, rank, world_size)
+    run = _Training(cfg, dataset, out, rank, world_size, tokenizer_dir=out / LAST if resume else None)
     if resume:
         run.restore(out / LAST)
         if (out / LOG_FILE).exists():  # drop log lines of an epoch that did not complete
@@ -286,9 +299,13 @@ def train(
         run.log({"epoch": 0, "valid_loss": run.validation_loss(), "elapsed_s": 0.0})
     start = time.time() - run.elapsed
     budget = cfg.train.budget_minutes
-    deadline = start + 60 * budget if budget else None
+    deadline = time.time() + 60 * budget if budget is not None else None  # budget counts from now
     stop = "max_epochs"
-    while run.epoch < cfg.train.epochs:
+    if run.bad_epochs >= cfg.train.patience:
+        stop = "early_stopping"
+    if run.epoch >= cfg.train.epochs or stop == "early_stopping":
+        echo(f"nothing to do: the run already ended ({stop} after epoch {run.epoch}); raise --epochs or --patience")
+    while run.epoch < cfg.train.epochs and stop != "early_stopping":
         train_stats, out_of_time = run.train_epoch(deadline, progress)
         run.epoch += 1
         valid = run.validation_loss()
@@ -316,6 +333,8 @@ def train(
         if out_of_time:
             stop = "budget"
             break
+    if not (out / BEST).is_dir():
+        raise ValueError(f"{out}: no epoch gave a finite validation loss, so there is no best checkpoint")
     return {"epochs": run.epoch, "best_valid_loss": run.best, "stopped": stop,
             "checkpoint": str(out / BEST), "elapsed_s": run.elapsed}
 
