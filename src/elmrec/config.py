@@ -35,7 +35,10 @@ class ModelConfig:
     use_graph: bool = True  # False: plain learned whole-word ids (no propagation)
     use_incremental: bool = True  # False: sequential prompts use the id-based whole-word embeddings
     use_soft_prompts: bool = True
-    dropout: float = 0.1
+    dropout: float = 0.1  # T5 hidden-state dropout
+    # Dropout on attention probabilities (T5 ties it to `dropout`). 0 lets PyTorch use its fused
+    # attention kernel in training: 2x less memory and faster direct batches on CPU (BENCHMARKS.md).
+    attention_dropout: float = 0.0
 
 
 @dataclass

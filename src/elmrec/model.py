@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
+from transformers.models.t5.modeling_t5 import T5Attention
 
 from .config import ModelConfig
 from .graph import lightgcn, normalized_adjacency
@@ -58,6 +59,9 @@ class ELMRec(nn.Module):
     ):
         super().__init__()
         self.config, self.t5 = config, t5
+        for module in t5.modules():
+            if isinstance(module, T5Attention):
+                module.dropout = config.attention_dropout
         self.n_users, self.n_items = n_users, n_items
         self.adjacency = adjacency  # training interactions only; see graph.py
         d = t5.config.d_model

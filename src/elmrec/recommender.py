@@ -194,22 +194,21 @@ class Recommender:
         return out
 
     # --- for people -------------------------------------------------------------------------------
-    def resolve_user(self, user: str | int) -> int:
-        """Internal id from an internal id or an original (datamaps) id."""
-        s = str(user)
-        if s in self._user_index:
-            return self._user_index[s]
-        if s.isdigit() and 1 <= int(s) <= self.n_users:
+    @staticmethod
+    def _resolve(kind: str, value: str | int, index: dict[str, int], n: int) -> int:
+        """Internal id from an original (datamaps) id or an internal id 1..n."""
+        s = str(value)
+        if s in index:
+            return index[s]
+        if s.isdigit() and 1 <= int(s) <= n:
             return int(s)
-        raise KeyError(f"unknown user {user!r}: not an original id in datamaps nor an id in 1..{self.n_users}")
+        raise KeyError(f"unknown {kind} {value!r}: not an original id in datamaps nor an id in 1..{n}")
+
+    def resolve_user(self, user: str | int) -> int:
+        return self._resolve("user", user, self._user_index, self.n_users)
 
     def resolve_item(self, item: str | int) -> int:
-        s = str(item)
-        if s in self._item_index:
-            return self._item_index[s]
-        if s.isdigit() and 1 <= int(s) <= self.n_items:
-            return int(s)
-        raise KeyError(f"unknown item {item!r}: not an original id in datamaps nor an id in 1..{self.n_items}")
+        return self._resolve("item", item, self._item_index, self.n_items)
 
     def user_history(self, user: int) -> np.ndarray:
         return self.items[self.offsets[user] : self.offsets[user + 1]]
