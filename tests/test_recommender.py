@@ -131,3 +131,24 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 2
     assert "not a demo folder" in capsys.readouterr().err
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_beauty_benchmark_pipeline_runs_on_tiny_data(synthetic_dir, tmp_path):
+    """benchmarks/beauty_cpu.py end to end with a tiny budget, so the script cannot rot."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "beauty_cpu.py"
+    spec = importlib.util.spec_from_file_location("beauty_cpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench"
+    assert bench.main(["--data", str(synthetic_dir), "--out", str(out), "--size", "tiny", "--epochs", "1",
+                       "--budget-minutes", "0.05", "--reindex", "both", "--rows", "elmrec,no-rerank",
+                       "--valid-users", "10", "--eval-users", "12", "--threads", "1",
+                       "--set", "steps_per_epoch=1", "--set", "batch_size=8", "--set", "n_negatives=9"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["results"]) == {"p5", "random"}
+    rows = report["results"]["random"]
+    assert {"popularity", "id-shortcut", "elmrec", "no-rerank"} <= set(rows)
+    assert 0 <= rows["elmrec"]["sequential"]["NDCG@10"] <= 1 and rows["elmrec"]["wall_s"] > 0
