@@ -46,6 +46,7 @@ def test_new_user_history_and_original_ids(rec, quick_dataset):
     recs = rec.recommend(history=history, top_n=4)
     assert len(recs) == 4 and not {r.item for r in recs} & {3, 9}
     assert [r.item for r in rec.recommend(history=[3, 9], top_n=4)] == [r.item for r in recs]
+    assert [r.item for r in rec.recommend(history=["#3", "#9"], top_n=4)] == [r.item for r in recs]
     with pytest.raises(ValueError, match="empty"):
         rec.recommend(history=[])
     with pytest.raises(KeyError, match="unknown item"):

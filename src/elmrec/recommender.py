@@ -196,10 +196,12 @@ class Recommender:
     # --- for people -------------------------------------------------------------------------------
     @staticmethod
     def _resolve(kind: str, value: str | int, index: dict[str, int], n: int) -> int:
-        """Internal id from an original (datamaps) id or an internal id 1..n."""
+        """Internal id from an original (datamaps) id, or an internal id 1..n. Original ids win
+        where both read the same; ``#5`` always means internal id 5."""
         s = str(value)
-        if s in index:
+        if s in index and not s.startswith("#"):
             return index[s]
+        s = s.removeprefix("#")
         if s.isdigit() and 1 <= int(s) <= n:
             return int(s)
         raise KeyError(f"unknown {kind} {value!r}: not an original id in datamaps nor an id in 1..{n}")
