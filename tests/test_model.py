@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 from elmrec.config import ModelConfig
 from elmrec.data import Dataset
-from elmrec.graph import lightgcn, normalized_adjacency
+from elmrec.graph import lightgcn, normalized_adjacency, to_torch_sparse
 from elmrec.model import ELMRec, build_model
 from elmrec.prompts import EVAL_TEMPLATE, TEMPLATES, render
 from elmrec.tasks import DIRECT, EXPLANATION, SEQUENTIAL, Sample
@@ -214,6 +214,14 @@ def test_torch_sparse_path_matches_the_scipy_path():
     adj = normalized_adjacency(4, 6, np.array([1, 1, 2, 3, 4, 4]), np.array([1, 2, 2, 5, 6, 1]))
     x = torch.randn(11, 5)
     torch.testing.assert_close(lightgcn(adj, x.double(), 3).float(), lightgcn(adj, x, 3), atol=1e-5, rtol=1e-5)
+    dense_torch = to_torch_sparse(adj, "cpu", torch.float64)
+    torch.testing.assert_close(lightgcn(dense_torch, x.double(), 3).float(), lightgcn(adj, x, 3), atol=1e-5, rtol=1e-5)
+    # the model converts once per device/dtype and reuses it
+    model = build_model(ModelConfig(size="tiny"), 4, 6, np.array([1, 2]), np.array([3, 4]), 400, 0).double()
+    first = model._propagate()
+    cached = model._torch_adjacency[1]
+    model._propagate()
+    assert model._torch_adjacency[1] is cached and first.dtype == torch.float64
 
 
 def test_repeated_items_get_the_index_of_each_mention_and_new_users_no_graph_node():

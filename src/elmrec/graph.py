@@ -54,17 +54,26 @@ class _LightGCN(torch.autograd.Function):
         return torch.from_numpy(g), None, None
 
 
-def lightgcn(adjacency: sp.csr_matrix, features: torch.Tensor, layers: int) -> torch.Tensor:
-    """mean(E0, A_hat E0, ..., A_hat^L E0): no weights, no non-linearity; differentiable in E0."""
-    if features.device.type == "cpu" and features.dtype == torch.float32:
-        return _LightGCN.apply(features, adjacency, layers)
+def to_torch_sparse(adjacency: sp.csr_matrix, device, dtype) -> torch.Tensor:
+    """The adjacency as a torch sparse tensor, for propagation on a GPU (build it once)."""
     coo = adjacency.tocoo()
-    a = torch.sparse_coo_tensor(
-        torch.as_tensor(np.stack([coo.row, coo.col]), dtype=torch.long),
-        torch.as_tensor(coo.data), adjacency.shape, device=features.device, dtype=features.dtype, check_invariants=True,
+    return torch.sparse_coo_tensor(
+        torch.as_tensor(np.stack([coo.row, coo.col]), dtype=torch.long), torch.as_tensor(coo.data),
+        adjacency.shape, device=device, dtype=dtype, check_invariants=True,
     ).coalesce()
+
+
+def lightgcn(adjacency: sp.csr_matrix | torch.Tensor, features: torch.Tensor, layers: int) -> torch.Tensor:
+    """mean(E0, A_hat E0, ..., A_hat^L E0): no weights, no non-linearity; differentiable in E0.
+
+    ``adjacency`` is the SciPy matrix (CPU, float32: the fast path) or a torch sparse tensor on
+    the features' device (see :func:`to_torch_sparse`)."""
+    if isinstance(adjacency, sp.spmatrix):
+        if features.device.type == "cpu" and features.dtype == torch.float32:
+            return _LightGCN.apply(features, adjacency, layers)
+        adjacency = to_torch_sparse(adjacency, features.device, features.dtype)
     out = h = features
     for _ in range(layers):
-        h = torch.sparse.mm(a, h)
+        h = torch.sparse.mm(adjacency, h)
         out = out + h
     return out / (layers + 1)

@@ -26,7 +26,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5For
 from transformers.models.t5.modeling_t5 import T5Attention
 
 from .config import ModelConfig
-from .graph import lightgcn, normalized_adjacency
+from .graph import lightgcn, normalized_adjacency, to_torch_sparse
 from .io import atomic_directory
 from .tasks import DIRECT, EXPLANATION, SEQUENTIAL, TASK_IDS
 
@@ -70,6 +70,7 @@ class ELMRec(nn.Module):
         self.position_table = nn.Parameter(torch.randn(config.n_positions, d) * config.seq_sigma)
         self.soft_prompts = nn.Parameter(torch.randn(len(TASK_IDS), config.n_soft_prompts, d) * 0.5)
         self._graph_cache: torch.Tensor | None = None
+        self._torch_adjacency: tuple | None = None
 
     # --- whole-word embeddings ---------------------------------------------------------------
     def graph_embeddings(self) -> torch.Tensor:
@@ -84,7 +85,13 @@ class ELMRec(nn.Module):
     def _propagate(self) -> torch.Tensor:
         if not self.config.use_graph:  # ablation: plain learned whole-word ids
             return self.graph_table
-        return lightgcn(self.adjacency, self.graph_table, self.config.graph_layers)
+        table = self.graph_table
+        if table.device.type == "cpu" and table.dtype == torch.float32:
+            return lightgcn(self.adjacency, table, self.config.graph_layers)
+        key = (table.device, table.dtype)  # GPU: copy the adjacency to the device once, not every step
+        if self._torch_adjacency is None or self._torch_adjacency[0] != key:
+            self._torch_adjacency = (key, to_torch_sparse(self.adjacency, table.device, table.dtype))
+        return lightgcn(self._torch_adjacency[1], table, self.config.graph_layers)
 
     def train(self, mode: bool = True):
         self._graph_cache = None  # parameters are about to change
