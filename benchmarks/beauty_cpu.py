@@ -29,6 +29,7 @@ from elmrec.recommender import Recommender
 from elmrec.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("sequential", "direct")
 ABLATIONS = {
     "elmrec": {},
     "no-graph": {"use_graph": False},
@@ -45,27 +46,50 @@ def commit() -> str:
         return "unknown"
 
 
-def evaluate_row(results: dict, label: str, scorer, dataset, users, name: str, progress: bool, wall=None) -> None:
-    """Test-split metrics of one row on both tasks, printed and stored in ``results[label]``."""
-    results[label] = {"wall_s": wall}
-    for task in ("sequential", "direct"):
+def peak_reset() -> None:
+    """Zero the process's peak resident memory (Linux), so each evaluation reports its own peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_gb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
+def evaluate_row(results: dict, label: str, scorer, dataset, users, name: str, progress: bool,
+                 tasks=TASKS, wall=None) -> None:
+    """Test-split metrics of one row, printed and stored in ``results[label]``: the metrics, the
+    wall time and peak memory of each task's evaluation and the number of users."""
+    row = results.setdefault(label, {})
+    row["wall_s"] = wall
+    for task in tasks:
+        peak_reset()
         t0 = time.time()
         res = evaluate(scorer, dataset, task, "test", users=users, progress=progress)
-        results[label][task] = res.metrics
-        results[label][f"{task}_eval_s"] = time.time() - t0
-    print(f"[{name}] {label}: " + "  ".join(
-        f"{t} NDCG@10 {results[label][t]['NDCG@10']:.4f} HR@10 {results[label][t]['HR@10']:.4f}"
-        for t in ("sequential", "direct")), flush=True)
+        row[task] = res.metrics
+        row[f"{task}_eval_s"] = time.time() - t0
+        row[f"{task}_peak_gb"] = peak_gb()
+        row[f"{task}_users"] = res.protocol["n_users"]
+        if hasattr(scorer, "stats"):
+            row[f"{task}_stats"] = scorer.stats()
+            scorer.reset_stats()
+        print(f"[{name}] {label} {task}: NDCG@10 {res.metrics['NDCG@10']:.4f} HR@10 {res.metrics['HR@10']:.4f}"
+              f" ({row[f'{task}_eval_s']:.0f} s)", flush=True)
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, save) -> dict:
     base = load_p5(args.data)
     variants = {"p5": base, "random": reindex(base, "random", seed=0)}
     wanted = ["p5", "random"] if args.reindex == "both" else [args.reindex]
     rows = args.rows.split(",")
-    unknown = set(rows) - set(ABLATIONS) - {"no-rerank"}
-    if unknown:
-        raise SystemExit(f"unknown rows {sorted(unknown)}; choose from {sorted(ABLATIONS) + ['no-rerank']}")
     overrides = dict(size=args.size, budget_minutes=args.budget_minutes, valid_users=args.valid_users,
                      threads=args.threads, epochs=args.epochs)
     for item in args.set or []:
@@ -74,14 +98,16 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     report = {"commit": commit(), "data": args.data, "machine": platform.processor() or platform.machine(),
               "threads": args.threads, "date": time.strftime("%Y-%m-%d %H:%M"), "budget_minutes": args.budget_minutes,
-              "preset": args.preset, "overrides": overrides, "results": {}}
+              "preset": args.preset, "overrides": overrides, "argv": sys.argv[1:], "results": {}}
     for name in wanted:
         dataset = variants[name]
         users = sample_users(dataset, args.eval_users, seed=0)
         results = report["results"][name] = {}
 
-        def score(label, scorer, wall=None, _results=results, _dataset=dataset, _users=users, _name=name):
-            evaluate_row(_results, label, scorer, _dataset, _users, _name, args.progress, wall)
+        def score(label, scorer, tasks=TASKS, wall=None, _results=results, _dataset=dataset, _users=users,
+                  _name=name):
+            evaluate_row(_results, label, scorer, _dataset, _users, _name, args.progress, tasks, wall)
+            save(report)
 
         for baseline in ("popularity", "id-shortcut"):
             score(baseline, BASELINES[baseline](dataset))
@@ -94,10 +120,63 @@ def run(args: argparse.Namespace) -> dict:
             summary = train(cfg, dataset, run_dir, progress=args.progress, echo=lambda s: None)
             wall = time.time() - t0
             results[f"{row} (train)"] = summary
-            score(row, Recommender.from_pretrained(run_dir / "best", device="cpu"), wall)
-            if row == "elmrec" and "no-rerank" in rows:
-                plain = Recommender.from_pretrained(run_dir / "best", device="cpu", rerank=False, extra_candidates=0)
-                score("no-rerank", plain)
+            best = Recommender.from_pretrained(run_dir / "best", device="cpu")
+            if row != "elmrec" or "no-rerank" not in rows:
+                score(row, best, wall=wall)
+                continue
+            # reranking only changes sequential results, and the search without it is the same
+            # beam search cut at top_n: run it once and read both rows from it
+            plain = Recommender.from_pretrained(run_dir / "best", device="cpu", rerank=False, extra_candidates=0)
+            best.beam_memo = plain.beam_memo = {}
+            score(row, best, tasks=("sequential",), wall=wall)
+            score("no-rerank", plain, tasks=("sequential",))
+            best.beam_memo = None
+            score(row, best, tasks=("direct",), wall=wall)
+    return report
+def table(report: dict) -> str:
+    """One markdown table: a line per row, NDCG@10 / HR@10 of both tasks for each indexing."""
+    names = list(report["results"])
+    head = "| row | " + " | ".join(f"{n} {t} NDCG@10 | {n} {t} HR@10" for n in names for t in TASKS) + " |"
+    lines = [head, "|---" * (1 + 2 * len(TASKS) * len(names)) + "|"]
+    labels = dict.fromkeys(k for n in names for k in report["results"][n] if not k.endswith("(train)"))
+    for label in labels:
+        cells = []
+        for n in names:
+            row = report["results"][n].get(label, {})
+            for t in TASKS:
+                m = row.get(t)
+                if m is None and label == "no-rerank":  # reranking leaves direct results as they are
+                    m = report["results"][n].get("elmrec", {}).get(t)
+                cells += [f"{m['NDCG@10']:.4f}", f"{m['HR@10']:.4f}"] if m else ["-", "-"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_parallel(args: argparse.Namespace, argv: list[str], save) -> dict:
+    """Each indexing in its own process with ``--threads`` threads, side by side (two 1-thread
+    runs use two cores better than one 2-thread run); the reports are merged."""
+    keep, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--reindex", "--output"):
+            skip = True
+        elif a != "--parallel" and not a.startswith(("--reindex=", "--output=")):
+            keep.append(a)
+    out = Path(args.out)
+    procs = {name: subprocess.Popen([sys.executable, __file__, *keep, "--reindex", name,
+                                     "--output", str(out / f"report-{name}.json")]) for name in ("p5", "random")}
+    failed = [name for name, proc in procs.items() if proc.wait() != 0]
+    report: dict = {"results": {}}
+    for name in procs:
+        path = out / f"report-{name}.json"
+        if path.exists():
+            part = json.loads(path.read_text())
+            report = {**part, "results": {**report["results"], **part["results"]}}
+    report["parallel"] = True
+    save(report)
+    if failed:
+        raise SystemExit(f"indexing(s) {failed} failed; partial reports are in {out}")
     return report
 
 
@@ -110,20 +189,37 @@ def main(argv=None) -> int:
     p.add_argument("--budget-minutes", type=float, default=30.0, help="training budget per ELMRec row")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--reindex", choices=("p5", "random", "both"), default="both")
+    p.add_argument("--parallel", action="store_true",
+                   help="with --reindex both: run the two indexings at once, one process each")
     p.add_argument("--rows", default="elmrec,no-graph,no-incremental,no-rerank,no-soft-prompts")
     p.add_argument("--valid-users", type=int, default=2000)
     p.add_argument("--eval-users", type=int, help="evaluate a fixed random subset (default: all users)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any other config field, e.g. seq_alpha=0.1")
     p.add_argument("--progress", action="store_true")
-    p.add_argument("--output", help="JSON report (default: OUT/report.json)")
+    p.add_argument("--output", help="JSON report (default: OUT/report.json), rewritten after every row")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
-    t0 = time.time()
-    report = run(args)
-    report["wall_s"] = time.time() - t0
+    unknown = set(args.rows.split(",")) - set(ABLATIONS) - {"no-rerank"}
+    if unknown:
+        p.error(f"unknown rows {sorted(unknown)}; choose from {sorted(ABLATIONS) + ['no-rerank']}")
     path = Path(args.output or Path(args.out) / "report.json")
-    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
-    print(f"wrote {path} ({report['wall_s']:.0f} s)")
+    t0 = time.time()
+
+    def save(report: dict) -> None:
+        report["wall_s"] = time.time() - t0
+        atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+
+    if args.parallel and args.reindex == "both":
+        report = run_parallel(args, argv, save)
+    else:
+        report = run(args, save)
+    report["complete"] = True
+    save(report)
+    text = table(report)
+    atomic_write_text(path.with_suffix(".md"), text + "\n")
+    print(text)
+    print(f"wrote {path} and {path.with_suffix('.md')} ({report['wall_s']:.0f} s)")
     return 0
 
 

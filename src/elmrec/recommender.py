@@ -65,6 +65,10 @@ class Recommender:
         self._item_index = {v: k for k, v in (item_names or {}).items()}
         self._trie: ItemTrie | None = None
         self._stats = {"generated": 0, "invalid": 0, "dropped_by_rerank": 0, "users": 0}
+        # Raw beam outputs keyed by (user, history). Set the same dict on two Recommenders over one
+        # checkpoint (e.g. with and without reranking) and the second reuses the first one's
+        # search: the beam width is the same, so its top n is the first n of the longer list.
+        self.beam_memo: dict | None = None
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "auto", **eval_overrides) -> Recommender:
@@ -136,15 +140,7 @@ class Recommender:
         beams = max(self.eval.beams, n_gen)
         samples = [Sample(SEQUENTIAL, int(u), tuple(int(i) for i in h[-self.max_history:]), 0)
                    for u, h in zip(users, histories)]
-        items, scores = [], []
-        trie = self.trie()
-        for sl in self._batches(len(samples)):
-            hidden, mask = self._encode(samples[sl])
-            roots = trie.roots[torch.zeros(hidden.shape[0], dtype=torch.long, device=self.device)]
-            it, sc = beam_search(self.model, hidden, mask, trie, roots, beams, n_gen)
-            items.append(it.cpu().numpy())
-            scores.append(sc.cpu().numpy())
-        items, scores = np.concatenate(items), np.concatenate(scores)
+        items, scores = self._search(samples, beams, n_gen)
         valid = (items >= 1) & (items <= self.n_items)
         self._stats["generated"] += int((scores > -np.inf).sum())
         self._stats["invalid"] += int(((scores > -np.inf) & ~valid).sum())
@@ -156,6 +152,24 @@ class Recommender:
         self._stats["dropped_by_rerank"] += int(dropped.sum())
         self._stats["users"] += len(users)
         return items, scores, dropped
+
+    def _search(self, samples: list[Sample], beams: int, n_gen: int) -> tuple[np.ndarray, np.ndarray]:
+        memo = self.beam_memo
+        keys = [(s.user, s.items, beams) for s in samples]
+        if memo is not None and all(k in memo and memo[k][0].shape[0] >= n_gen for k in keys):
+            return np.stack([memo[k][0][:n_gen] for k in keys]), np.stack([memo[k][1][:n_gen] for k in keys])
+        items, scores = [], []
+        trie = self.trie()
+        for sl in self._batches(len(samples)):
+            hidden, mask = self._encode(samples[sl])
+            roots = trie.roots[torch.zeros(hidden.shape[0], dtype=torch.long, device=self.device)]
+            it, sc = beam_search(self.model, hidden, mask, trie, roots, beams, n_gen)
+            items.append(it.cpu().numpy())
+            scores.append(sc.cpu().numpy())
+        items, scores = np.concatenate(items), np.concatenate(scores)
+        if memo is not None:
+            memo.update({k: (i, s) for k, i, s in zip(keys, items, scores)})
+        return items, scores
 
     def score_all(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
         items, scores, _ = self.generate_sequential(users, histories)
