@@ -31,6 +31,22 @@ def test_trained_model_beats_popularity(rec, quick_dataset, task):
         assert ours.extra["generated"] == n_gen * quick_dataset.n_users and ours.extra["invalid"] == 0
 
 
+def test_shared_beam_memo_gives_the_no_rerank_results_of_a_fresh_search(trained_checkpoint, quick_dataset):
+    users = np.arange(1, 41)
+    histories = [quick_dataset.split_history(int(u), "test") for u in users]
+    fresh = Recommender.from_pretrained(trained_checkpoint, device="cpu", rerank=False, extra_candidates=0)
+    expected = fresh.generate_sequential(users, histories)
+    reranking = Recommender.from_pretrained(trained_checkpoint, device="cpu")
+    plain = Recommender.from_pretrained(trained_checkpoint, device="cpu", rerank=False, extra_candidates=0)
+    reranking.beam_memo = plain.beam_memo = {}
+    reranked = reranking.generate_sequential(users, histories)
+    plain.model = None  # a search would fail: the memo must serve every user
+    got = plain.generate_sequential(users, histories)
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_allclose(got[1], expected[1], rtol=1e-5)
+    assert got[0].shape == reranked[0].shape == (40, 10)
+
+
 def test_recommendations_are_real_unseen_items(rec, quick_dataset):
     for user in (1, 17, 300):
         recs = rec.recommend(user=user, top_n=5)

@@ -147,3 +147,33 @@ def test_resume_may_extend_epochs_and_says_when_nothing_is_left(tmp_path, synthe
     assert saved["train"]["epochs"] == 2 and saved["train"]["lr"] != 0.5  # only run length may change
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train(_cfg(), synthetic_dataset, tmp_path / "empty", resume=True, progress=False)
+
+
+@pytest.mark.parametrize("task", [T.SEQUENTIAL, T.DIRECT])
+def test_micro_batches_give_the_gradients_of_the_whole_batch(tmp_path, task):
+    import torch
+
+    from elmrec.training import _Training, make_batch
+
+    rng = np.random.default_rng(0)  # ids 1..150: one- and two-token targets
+    ds = Dataset.from_histories([rng.choice(np.arange(1, 151), 8, replace=False).tolist() for _ in range(40)],
+                                n_items=150)
+    cfg = _cfg(dropout=0.0, micro_batch_size=3)
+    run = _Training(cfg, ds, tmp_path, rank=0, world_size=1)
+    samples, templates = next((s, t) for s, t in run.epoch_batches(0) if s[0].task == task)
+    batch = make_batch(samples, templates, run.tokenizer, ds.n_users, cfg, run.device)
+    # targets of different lengths make an unweighted mean of chunk means differ from the batch mean
+    assert len(set((batch.labels != -100).sum(1).tolist())) > 1
+
+    def grads(micro):
+        run.cfg.train.micro_batch_size = micro
+        run.model.zero_grad(set_to_none=True)
+        loss = run.forward_backward(batch)
+        return loss, [p.grad.clone() for p in run.model.parameters() if p.grad is not None]
+
+    whole_loss, whole = grads(None)
+    micro_loss, micro = grads(3)
+    assert torch.allclose(whole_loss, micro_loss, atol=1e-5)
+    assert len(whole) == len(micro) > 0
+    for a, b in zip(whole, micro):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -45,6 +45,9 @@ class ModelConfig:
 class TrainConfig:
     tasks: list[str] = field(default_factory=lambda: list(TASKS))  # explanation only if data has it
     batch_size: int = 64
+    # forward/backward a batch in chunks of this many samples: the same gradients (the loss is
+    # weighted by label tokens), a fraction of the activation memory, e.g. for large direct prompts
+    micro_batch_size: int | None = None
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
@@ -136,6 +139,7 @@ def _validate(data: dict) -> Config:
         if value < 1:
             problems.append(f"{name} must be >= 1, got {value}")
     for name, value in {"train.valid_users": cfg.train.valid_users, "train.steps_per_epoch": cfg.train.steps_per_epoch,
+                        "train.micro_batch_size": cfg.train.micro_batch_size,
                         "train.threads": cfg.train.threads}.items():
         if value is not None and value < 1:
             problems.append(f"{name} must be >= 1 (or unset), got {value}")

@@ -33,7 +33,7 @@ from .runtime import resolve_device, tune_allocator
 from .tokenization import build_tokenizer, encode_prompts, encode_targets
 
 BEST, LAST, STATE_FILE, LOG_FILE = "best", "last", "training_state.pt", "log.jsonl"
-RESUMABLE = ("epochs", "patience", "budget_minutes", "device", "threads")
+RESUMABLE = ("epochs", "patience", "budget_minutes", "device", "threads", "micro_batch_size")
 
 
 def active_tasks(cfg: Config, dataset: Dataset) -> list[str]:
@@ -177,15 +177,8 @@ class _Training:
         for samples, templates in bar:
             t0 = time.perf_counter()
             batch = make_batch(samples, templates, self.tokenizer, self.data.n_users, cfg, self.device)
-            with self.autocast():
-                loss = self.model(batch.task, **batch.inputs, labels=batch.labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite {batch.task} loss in epoch {self.epoch + 1}; lower --lr or the whole-word "
-                    f"scales (--alpha), or enable gradient clipping (the last good state is in {self.out / LAST})"
-                )
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = self.forward_backward(batch)
             if cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
             self.optimizer.step()
@@ -207,6 +200,27 @@ class _Training:
             for t, v in stats.items()
         }
         return summary, out_of_time
+
+    def forward_backward(self, batch: Batch) -> torch.Tensor:
+        """Gradients of the batch's mean token loss, in chunks of ``micro_batch_size`` samples.
+        Each chunk's mean is weighted by its share of the batch's label tokens, so the gradients
+        are those of the whole batch while activations are held for one chunk at a time."""
+        chunk = self.cfg.train.micro_batch_size or batch.size
+        n_tokens = (batch.labels != -100).sum()
+        total = torch.zeros((), device=self.device)
+        for k in range(0, batch.size, chunk):
+            labels = batch.labels[k : k + chunk]
+            with self.autocast():
+                loss = self.model(batch.task, **{n: t[k : k + chunk] for n, t in batch.inputs.items()}, labels=labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite {batch.task} loss in epoch {self.epoch + 1}; lower --lr or the whole-word "
+                    f"scales (--alpha), or enable gradient clipping (the last good state is in {self.out / LAST})"
+                )
+            weighted = loss * ((labels != -100).sum() / n_tokens)
+            weighted.backward()
+            total += weighted.detach()
+        return total
 
     @torch.no_grad()
     def validation_loss(self) -> dict[str, float]:
