@@ -30,7 +30,7 @@ from elmrec.model import build_model
 from elmrec.recommender import Recommender
 from elmrec.runtime import tune_allocator
 from elmrec.tokenization import build_tokenizer
-from elmrec.training import make_batch
+from elmrec.training import forward_backward, make_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,8 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def train_speed(dataset, size: str, batches: int, batch_size: int) -> dict:
+def train_speed(dataset, size: str, batches: int, batch_size: int, micro: int | None, tasks: list[str],
+                warmup: int) -> dict:
     cfg = load_config(preset="beauty", overrides={"size": size, "batch_size": batch_size})
     tok = build_tokenizer()
     model = build_model(cfg.model, dataset.n_users, dataset.n_items, *dataset.train_pairs(), len(tok), 0)
@@ -47,9 +48,9 @@ def train_speed(dataset, size: str, batches: int, batch_size: int) -> dict:
     model.train()
     rng = np.random.default_rng(0)
     out = {}
-    for task in ("sequential", "direct"):
+    for task in tasks:
         prep = step = 0.0
-        for k in range(batches + 2):  # two batches warm up the allocator and kernels
+        for k in range(batches + warmup):  # the first batches warm up the allocator and kernels
             t0 = time.perf_counter()
             users = rng.choice(dataset.users, batch_size)
             if task == "sequential":
@@ -59,13 +60,12 @@ def train_speed(dataset, size: str, batches: int, batch_size: int) -> dict:
             templates = rng.integers(4, size=len(samples)).tolist()
             batch = make_batch(samples, templates, tok, dataset.n_users, cfg, torch.device("cpu"))
             t1 = time.perf_counter()
-            loss = model(task, **batch.inputs, labels=batch.labels)
             opt.zero_grad()
-            loss.backward()
+            forward_backward(model, batch, micro)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             t2 = time.perf_counter()
-            if k >= 2:
+            if k >= warmup:
                 prep += t1 - t0
                 step += t2 - t1
         total = prep + step
@@ -105,6 +105,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batches", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--micro-batch-size", type=int, help="forward/backward each batch in chunks of this size")
+    p.add_argument("--tasks", default="sequential,direct", help="training tasks to time")
+    p.add_argument("--warmup", type=int, default=2, help="untimed batches before the timed ones")
     p.add_argument("--eval-users", type=int, default=48)
     p.add_argument("--direct-decode", default="score", choices=("score", "beam"))
     p.add_argument("--skip-train", action="store_true")
@@ -120,7 +123,8 @@ def main(argv=None) -> int:
     for size in args.sizes.split(","):
         r = {}
         if not args.skip_train:
-            r["train"] = train_speed(dataset, size, args.batches, args.batch_size)
+            r["train"] = train_speed(dataset, size, args.batches, args.batch_size, args.micro_batch_size,
+                                     args.tasks.split(","), args.warmup)
         if not args.skip_eval:
             r["eval"] = eval_speed(dataset, size, args.eval_users, Path("/tmp"), args.direct_decode)
         r["peak_rss_gb_so_far"] = peak_rss_gb()

@@ -153,12 +153,12 @@ def test_resume_may_extend_epochs_and_says_when_nothing_is_left(tmp_path, synthe
 def test_micro_batches_give_the_gradients_of_the_whole_batch(tmp_path, task):
     import torch
 
-    from elmrec.training import _Training, make_batch
+    from elmrec.training import _Training, forward_backward, make_batch
 
     rng = np.random.default_rng(0)  # ids 1..150: one- and two-token targets
     ds = Dataset.from_histories([rng.choice(np.arange(1, 151), 8, replace=False).tolist() for _ in range(40)],
                                 n_items=150)
-    cfg = _cfg(dropout=0.0, micro_batch_size=3)
+    cfg = _cfg(dropout=0.0)
     run = _Training(cfg, ds, tmp_path, rank=0, world_size=1)
     samples, templates = next((s, t) for s, t in run.epoch_batches(0) if s[0].task == task)
     batch = make_batch(samples, templates, run.tokenizer, ds.n_users, cfg, run.device)
@@ -166,9 +166,8 @@ def test_micro_batches_give_the_gradients_of_the_whole_batch(tmp_path, task):
     assert len(set((batch.labels != -100).sum(1).tolist())) > 1
 
     def grads(micro):
-        run.cfg.train.micro_batch_size = micro
         run.model.zero_grad(set_to_none=True)
-        loss = run.forward_backward(batch)
+        loss = forward_backward(run.model, batch, micro)
         return loss, [p.grad.clone() for p in run.model.parameters() if p.grad is not None]
 
     whole_loss, whole = grads(None)
@@ -177,3 +176,13 @@ def test_micro_batches_give_the_gradients_of_the_whole_batch(tmp_path, task):
     assert len(whole) == len(micro) > 0
     for a, b in zip(whole, micro):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_a_non_finite_loss_stops_training_with_advice(tmp_path, synthetic_dataset, monkeypatch):
+    import torch
+
+    from elmrec.model import ELMRec
+
+    monkeypatch.setattr(ELMRec, "forward", lambda self, *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(FloatingPointError, match=r"non-finite \w+ loss in epoch 1; lower --lr.*last good state"):
+        train(_cfg(epochs=1), synthetic_dataset, tmp_path / "run", echo=lambda s: None)

@@ -65,6 +65,27 @@ def make_batch(
     )
 
 
+def forward_backward(
+    model: ELMRec, batch: Batch, micro_batch_size: int | None = None, autocast=contextlib.nullcontext
+) -> torch.Tensor:
+    """Gradients of the batch's mean token loss, in chunks of ``micro_batch_size`` samples; returns
+    the loss. Each chunk's mean is weighted by its share of the batch's label tokens, so the
+    gradients are those of the whole batch while activations are held for one chunk at a time."""
+    chunk = micro_batch_size or batch.size
+    n_tokens = (batch.labels != -100).sum()
+    total = torch.zeros((), device=batch.labels.device)
+    for k in range(0, batch.size, chunk):
+        labels = batch.labels[k : k + chunk]
+        with autocast():
+            loss = model(batch.task, **{n: t[k : k + chunk] for n, t in batch.inputs.items()}, labels=labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite {batch.task} loss")
+        weighted = loss * ((labels != -100).sum() / n_tokens)
+        weighted.backward()
+        total += weighted.detach()
+    return total
+
+
 def checkpoint_files(dataset: Dataset, cfg: Config) -> dict[str, str | bytes]:
     """What a checkpoint carries besides the model: run config, dataset identity, histories and
     id maps (so recommendations need no dataset directory)."""
@@ -178,7 +199,13 @@ class _Training:
             t0 = time.perf_counter()
             batch = make_batch(samples, templates, self.tokenizer, self.data.n_users, cfg, self.device)
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.forward_backward(batch)
+            try:
+                loss = forward_backward(self.model, batch, cfg.train.micro_batch_size, self.autocast)
+            except FloatingPointError as e:
+                raise FloatingPointError(
+                    f"{e} in epoch {self.epoch + 1}; lower --lr or the whole-word scales (--alpha), or enable "
+                    f"gradient clipping (the last good state is in {self.out / LAST})"
+                ) from None
             if cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
             self.optimizer.step()
@@ -200,27 +227,6 @@ class _Training:
             for t, v in stats.items()
         }
         return summary, out_of_time
-
-    def forward_backward(self, batch: Batch) -> torch.Tensor:
-        """Gradients of the batch's mean token loss, in chunks of ``micro_batch_size`` samples.
-        Each chunk's mean is weighted by its share of the batch's label tokens, so the gradients
-        are those of the whole batch while activations are held for one chunk at a time."""
-        chunk = self.cfg.train.micro_batch_size or batch.size
-        n_tokens = (batch.labels != -100).sum()
-        total = torch.zeros((), device=self.device)
-        for k in range(0, batch.size, chunk):
-            labels = batch.labels[k : k + chunk]
-            with self.autocast():
-                loss = self.model(batch.task, **{n: t[k : k + chunk] for n, t in batch.inputs.items()}, labels=labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite {batch.task} loss in epoch {self.epoch + 1}; lower --lr or the whole-word "
-                    f"scales (--alpha), or enable gradient clipping (the last good state is in {self.out / LAST})"
-                )
-            weighted = loss * ((labels != -100).sum() / n_tokens)
-            weighted.backward()
-            total += weighted.detach()
-        return total
 
     @torch.no_grad()
     def validation_loss(self) -> dict[str, float]:
