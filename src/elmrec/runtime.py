@@ -4,7 +4,8 @@ T5's attention allocates (batch, heads, seq, seq) tensors of 100+ MB for direct 
 candidates). glibc serves such blocks with fresh mmap()s and returns them on free, so every step
 page-faults hundreds of MB in again: 2x slower direct batches on this machine. Keeping freed
 memory in the heap (no mmap, no trimming) removes that; the price is that peak memory is not
-returned to the OS until the process ends.
+returned to the OS until the process ends, unless ``release_free_memory`` asks for it (e.g.
+after training, before evaluating in the same process).
 """
 
 from __future__ import annotations
@@ -31,6 +32,17 @@ def tune_allocator() -> bool:
         return False
     _done = ok
     return ok
+
+
+def release_free_memory() -> bool:
+    """Give freed heap memory back to the OS now (glibc ``malloc_trim``; a no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def resolve_device(name: str) -> torch.device:
