@@ -114,6 +114,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--output")
     args = p.parse_args(argv)
+    if set(args.tasks.split(",")) - {"sequential", "direct"}:
+        p.error(f"--tasks: choose from sequential,direct, got {args.tasks!r}")
     torch.set_num_threads(args.threads)
     tune_allocator()
     dataset = load_p5(args.data)

@@ -31,7 +31,8 @@ def test_trained_model_beats_popularity(rec, quick_dataset, task):
         assert ours.extra["generated"] == n_gen * quick_dataset.n_users and ours.extra["invalid"] == 0
 
 
-def test_shared_beam_memo_gives_the_no_rerank_results_of_a_fresh_search(trained_checkpoint, quick_dataset):
+def test_shared_beam_memo_gives_the_no_rerank_results_of_a_fresh_search(trained_checkpoint, quick_dataset,
+                                                                         monkeypatch):
     users = np.arange(1, 41)
     histories = [quick_dataset.split_history(int(u), "test") for u in users]
     fresh = Recommender.from_pretrained(trained_checkpoint, device="cpu", rerank=False, extra_candidates=0)
@@ -40,7 +41,7 @@ def test_shared_beam_memo_gives_the_no_rerank_results_of_a_fresh_search(trained_
     plain = Recommender.from_pretrained(trained_checkpoint, device="cpu", rerank=False, extra_candidates=0)
     reranking.beam_memo = plain.beam_memo = {}
     reranked = reranking.generate_sequential(users, histories)
-    plain.model = None  # a search would fail: the memo must serve every user
+    monkeypatch.setattr(plain, "_encode", lambda *a: pytest.fail("searched again: the memo missed"))
     got = plain.generate_sequential(users, histories)
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_allclose(got[1], expected[1], rtol=1e-5)

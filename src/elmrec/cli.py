@@ -128,6 +128,10 @@ def _load_recommender(args: argparse.Namespace):
         "extra_candidates": getattr(args, "extra_candidates", None), "rerank": getattr(args, "rerank", None),
         "direct_decode": getattr(args, "decode", None), "eval_batch_size": getattr(args, "eval_batch_size", None),
     }
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     return Recommender.from_pretrained(args.checkpoint, device=args.device, **overrides)
 
 
@@ -216,6 +220,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------------
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _ks(text: str) -> tuple[int, ...]:
     try:
         ks = tuple(int(k) for k in text.split(",") if k)
@@ -236,6 +250,7 @@ def _generation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--decode", choices=("score", "beam"), help="direct: exact scoring or beam search")
     g.add_argument("--eval-batch-size", type=int)
     g.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    g.add_argument("--threads", type=_positive, help="CPU threads (default: torch's, one per core)")
 
 
 def build_parser() -> argparse.ArgumentParser:

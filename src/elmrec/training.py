@@ -71,8 +71,12 @@ def forward_backward(
     """Gradients of the batch's mean token loss, in chunks of ``micro_batch_size`` samples; returns
     the loss. Each chunk's mean is weighted by its share of the batch's label tokens, so the
     gradients are those of the whole batch while activations are held for one chunk at a time."""
+    if micro_batch_size is not None and micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
     chunk = micro_batch_size or batch.size
     n_tokens = (batch.labels != -100).sum()
+    if not n_tokens:
+        raise ValueError(f"a {batch.task} batch without target tokens")
     total = torch.zeros((), device=batch.labels.device)
     for k in range(0, batch.size, chunk):
         labels = batch.labels[k : k + chunk]
