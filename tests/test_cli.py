@@ -149,3 +149,14 @@ def test_bad_table_is_one_line(tmp_path, capsys):
     assert main(["data", "synthetic", "--out", str(tmp_path / "s"), "--users", "10"]) == 0
     assert main(["data", "synthetic", "--out", str(tmp_path / "s"), "--users", "10"]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_threads_must_be_a_positive_integer(capsys):
+    from elmrec.cli import build_parser
+
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["evaluate", "--checkpoint", "c", "--data", "d", "--threads", bad])
+        assert "expected a positive integer" in capsys.readouterr().err
+    args = build_parser().parse_args(["recommend", "--checkpoint", "c", "--user", "1", "--threads", "1"])
+    assert args.threads == 1
