@@ -114,6 +114,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--output")
     args = p.parse_args(argv)
+    if args.micro_batch_size is not None and args.micro_batch_size < 1:
+        p.error("--micro-batch-size must be >= 1")
     if set(args.tasks.split(",")) - {"sequential", "direct"}:
         p.error(f"--tasks: choose from sequential,direct, got {args.tasks!r}")
     torch.set_num_threads(args.threads)
