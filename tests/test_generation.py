@@ -99,7 +99,9 @@ def test_fewer_valid_ids_than_requested_are_padded_not_invented(setup):
 
 def test_exact_candidate_scoring_equals_brute_force(setup):
     model, tok = setup
-    cands = np.array([[4, 17, 150, 99, 1], [23, 8, 140, 66, 12]])
+    # 140 and 150 share their first digit chunk within a row and occur for both users: the
+    # per-prefix softmax must share within a user and never across users
+    cands = np.array([[4, 17, 150, 99, 1, 140], [23, 8, 140, 66, 12, 150]])
     samples = [Sample(DIRECT, u + 1, tuple(c), int(c[0])) for u, c in enumerate(cands)]
     hidden, mask = _encode(model, tok, DIRECT, samples)
     fast = candidate_log_likelihood(model, hidden, mask, candidate_tokens(tok, cands, "cpu")).numpy()

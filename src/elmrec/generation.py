@@ -7,7 +7,8 @@
   and the self-attention key/value cache is reordered as beams move;
 - ``candidate_log_likelihood``: the exact log-likelihood of every candidate id in ONE decoder
   pass per batch: the candidates of a user are packed side by side into one decoder sequence with
-  a block-diagonal causal mask, so cross-attention over the prompt is shared and never copied.
+  a block-diagonal causal mask (one mask for the batch, not one per user), so cross-attention
+  over the prompt is shared and never copied; the vocabulary softmax runs once per distinct prefix.
 """
 
 from __future__ import annotations
@@ -137,23 +138,40 @@ def candidate_log_likelihood(
     """log P(id tokens | prompt) of every candidate: (B, C, L) token ids (pad = 0 after </s>)
     -> (B, C). All C candidates of a user are decoded in one sequence of C*L positions; the
     block-diagonal causal mask keeps them independent and T5's relative position bias sees the
-    same within-candidate distances as in separate decoding."""
+    same within-candidate distances as in separate decoding. The vocabulary softmax runs once per
+    distinct prefix: all candidates share their first positions (start, the word piece) and many
+    share the first digit chunk."""
     B, C, L = candidate_tokens.shape
-    start = model.t5.config.decoder_start_token_id
+    t5, dev = model.t5, hidden.device
+    start = t5.config.decoder_start_token_id
     inputs = torch.cat([torch.full_like(candidate_tokens[..., :1], start), candidate_tokens[..., :-1]], -1)
-    pos = torch.arange(C * L, device=hidden.device)
+    pos = torch.arange(C * L, device=dev)
     same_block = (pos[:, None] // L) == (pos[None, :] // L)
     allowed = same_block & (pos[:, None] >= pos[None, :])
     neg = torch.finfo(hidden.dtype).min
-    block_mask = torch.zeros(C * L, C * L, dtype=hidden.dtype, device=hidden.device).masked_fill(~allowed, neg)
-    out = model.t5(
-        encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=inputs.view(B, C * L),
-        decoder_attention_mask=block_mask.expand(B, 1, C * L, C * L),
-    )
-    logp = out.logits.float().log_softmax(-1).view(B, C, L, -1)
-    tok_lp = logp.gather(-1, candidate_tokens.unsqueeze(-1)).squeeze(-1)
-    real = candidate_tokens != model.t5.config.pad_token_id
-    return (tok_lp * real).sum(-1)
+    block_mask = torch.zeros(C * L, C * L, dtype=hidden.dtype, device=dev).masked_fill(~allowed, neg)
+    states = t5.decoder(
+        input_ids=inputs.view(B, C * L), attention_mask=block_mask[None, None],
+        encoder_hidden_states=hidden, encoder_attention_mask=mask, use_cache=False,
+    ).last_hidden_state
+    if getattr(t5.config, "scale_decoder_outputs", t5.config.tie_word_embeddings):  # as T5's own forward
+        states = states * t5.model_dim**-0.5
+    states = states.float().view(B * C, L, -1)
+    weight = t5.lm_head.weight.float()
+    target = candidate_tokens.reshape(B * C, L)
+    real = target != t5.config.pad_token_id
+    # the state at position p depends only on (user, inputs[:p+1]): one softmax per distinct prefix
+    group = torch.arange(B, device=dev).repeat_interleave(C)  # (user, prefix) class of each row
+    lse = torch.empty(B * C, L, device=dev)
+    for p in range(L):
+        group = torch.unique(group * len(weight) + inputs.view(B * C, L)[:, p], return_inverse=True)[1]
+        keep = real[:, p].nonzero().squeeze(1)
+        uniq, inverse = torch.unique(group[keep], return_inverse=True)
+        first = torch.full((len(uniq),), len(keep), device=dev).scatter_reduce(
+            0, inverse, torch.arange(len(keep), device=dev), "amin")
+        lse[keep, p] = (states[keep[first], p] @ weight.T).logsumexp(-1)[inverse]
+    tok_lp = (states * weight[target.clamp(min=0)]).sum(-1) - lse
+    return (tok_lp * real).sum(-1).view(B, C)
 
 
 def candidate_tokens(tokenizer: PreTrainedTokenizerBase, candidates: np.ndarray, device) -> torch.Tensor:
