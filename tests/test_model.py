@@ -229,3 +229,17 @@ def test_repeated_items_get_the_index_of_each_mention_and_new_users_no_graph_nod
     assert p.spans[:, 2].tolist() == [1, 2, 3, 4]  # the latest mention of item 8 is the most recent
     p = render(Sample(SEQUENTIAL, 11, (8,), 1), EVAL_TEMPLATE, 10, incremental=False)
     assert p.spans[:, 2].tolist() == [0, 18]  # user 11 is outside the 10-user graph
+
+
+@pytest.mark.parametrize("switch", ["use_graph", "use_incremental", "use_soft_prompts"])
+def test_every_ablation_checkpoints_after_inference(tokenizer, tmp_path, switch):
+    # regression: without propagation the cached table was graph_table itself, got registered as
+    # a second parameter and the next checkpoint (after a validation pass) failed to save
+    model = _tiny_model(tokenizer, dropout=0.0, **{switch: False})
+    names = {n for n, _ in model.named_parameters()}
+    before = _logits(model, tokenizer)  # eval-mode forward: fills the inference cache
+    assert {n for n, _ in model.named_parameters()} == names
+    model.save_pretrained(tmp_path / "ckpt", tokenizer)
+    loaded, tok2 = ELMRec.from_pretrained(tmp_path / "ckpt")
+    assert getattr(loaded.config, switch) is False
+    assert torch.equal(before, _logits(loaded, tok2))

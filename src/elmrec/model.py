@@ -79,7 +79,9 @@ class ELMRec(nn.Module):
             self._graph_cache = None
             return self._propagate()
         if self._graph_cache is None:
-            self._graph_cache = self._propagate()
+            # detached: without propagation (ablation) this is graph_table itself, and assigning an
+            # nn.Parameter would register the cache as a second parameter of the module
+            self._graph_cache = self._propagate().detach()
         return self._graph_cache
 
     def _propagate(self) -> torch.Tensor:
