@@ -186,3 +186,20 @@ def test_a_non_finite_loss_stops_training_with_advice(tmp_path, synthetic_datase
     monkeypatch.setattr(ELMRec, "forward", lambda self, *a, **k: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(FloatingPointError, match=r"non-finite \w+ loss in epoch 1; lower --lr.*last good state"):
         train(_cfg(epochs=1), synthetic_dataset, tmp_path / "run", echo=lambda s: None)
+
+
+def test_task_repeats_give_a_task_more_batches_per_turn(tmp_path, synthetic_dataset):
+    from elmrec.training import _Training
+
+    cfg = _cfg(task_repeats="sequential=3", tasks=[T.SEQUENTIAL, T.DIRECT])
+    assert cfg.train.task_repeats == {T.SEQUENTIAL: 3}
+    run = _Training(cfg, synthetic_dataset, tmp_path, rank=0, world_size=1)
+    order = [s[0].task for s, _ in run.epoch_batches(0)]
+    assert order == [T.SEQUENTIAL] * 3 + [T.DIRECT] + [T.SEQUENTIAL] * 3 + [T.DIRECT]  # steps_per_epoch 2
+    # the repeated batches are fresh samples, not one batch three times
+    seq = [tuple((x.user, x.items) for x in s) for s, _ in run.epoch_batches(0) if s[0].task == T.SEQUENTIAL]
+    assert len(set(seq)) == len(seq)
+    for bad, words in (("sequential=0", "must be >= 1"), ("ranking=2", "unknown task"),
+                       ("sequential", "expected KEY=N")):
+        with pytest.raises(ValueError, match=words):
+            _cfg(task_repeats=bad)

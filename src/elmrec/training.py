@@ -172,17 +172,18 @@ class _Training:
             T.DIRECT: lambda: T.direct_train_samples(data, users, rng, cfg.train.n_negatives),
         }
         bs = cfg.train.batch_size
-        # every task gets the same number of batches: one sample per user (or steps_per_epoch)
+        # every task gets the same number of batches: one sample per user (or steps_per_epoch),
+        # times its task_repeats (that many passes of fresh samples)
         cap = cfg.train.steps_per_epoch or math.ceil(len(users) / bs)
+        repeats = {task: cfg.train.task_repeats.get(task, 1) for task in self.tasks}
         queues = {}
         for task in self.tasks:
-            s = per_task[task]()
-            chunks = [s[k : k + bs] for k in range(0, len(s), bs)][:cap]
+            s = [x for _ in range(repeats[task]) for x in per_task[task]()]
+            chunks = [s[k : k + bs] for k in range(0, len(s), bs)][: cap * repeats[task]]
             queues[task] = [(c, rng.integers(len(TEMPLATES[task]), size=len(c)).tolist()) for c in chunks]
-        for step in range(max(len(q) for q in queues.values())):
+        for turn in range(max(math.ceil(len(queues[t]) / repeats[t]) for t in self.tasks)):
             for task in self.tasks:
-                if step < len(queues[task]):
-                    yield queues[task][step]
+                yield from queues[task][turn * repeats[task] : (turn + 1) * repeats[task]]
 
     # --- steps --------------------------------------------------------------------------------
     def autocast(self):
