@@ -164,17 +164,22 @@ def test_beauty_benchmark_pipeline_runs_on_tiny_data(synthetic_dir, tmp_path):
     spec.loader.exec_module(bench)
     out = tmp_path / "bench"
     assert bench.main(["--data", str(synthetic_dir), "--out", str(out), "--size", "tiny", "--epochs", "1",
-                       "--budget-minutes", "0.05", "--reindex", "both", "--parallel", "--rows", "elmrec,no-rerank",
+                       "--budget-minutes", "0.05", "--reindex", "both", "--parallel",  # all rows (default)
                        "--valid-users", "10", "--eval-users", "12", "--threads", "1",
                        "--set", "steps_per_epoch=1", "--set", "batch_size=8", "--set", "n_negatives=9"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["results"]) == {"p5", "random"}
     rows = report["results"]["random"]
-    assert {"popularity", "id-shortcut", "elmrec", "no-rerank"} <= set(rows)
+    assert {"popularity", "id-shortcut", "elmrec", "no-rerank", "no-graph", "no-incremental",
+            "no-soft-prompts"} <= set(rows)
+    for ablation in ("no-graph", "no-incremental", "no-soft-prompts"):  # each trained, saved, evaluated
+        assert rows[ablation]["direct_users"] == 12 and rows[f"{ablation} (train)"]["epochs"] == 1
     assert 0 <= rows["elmrec"]["sequential"]["NDCG@10"] <= 1 and rows["elmrec"]["wall_s"] > 0
     assert rows["elmrec"]["direct_users"] == rows["no-rerank"]["sequential_users"] == 12
     assert "direct" not in rows["no-rerank"]  # reranking does not touch direct results: not run again
     assert report["complete"] and (out / "report-p5.json").exists() and (out / "report-random.json").exists()
     table = (out / "report.md").read_text().splitlines()
     assert "p5 sequential NDCG@10" in table[0] and "random direct HR@10" in table[0]
-    assert [line.split(" | ")[0] for line in table[2:]] == ["| popularity", "| id-shortcut", "| elmrec", "| no-rerank"]
+    assert [line.split(" | ")[0] for line in table[2:]] == [
+        "| popularity", "| id-shortcut", "| elmrec", "| no-rerank", "| no-graph", "| no-incremental",
+        "| no-soft-prompts"]
