@@ -203,3 +203,14 @@ def test_task_repeats_give_a_task_more_batches_per_turn(tmp_path, synthetic_data
                        ("sequential", "expected KEY=N")):
         with pytest.raises(ValueError, match=words):
             _cfg(task_repeats=bad)
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero_at_the_last_epoch(tmp_path, synthetic_dataset):
+    cfg = _cfg(lr_schedule="linear", epochs=2, warmup_steps=2, lr=1e-3, tasks=[T.SEQUENTIAL, T.DIRECT])
+    train(cfg, synthetic_dataset, tmp_path / "run", progress=False, echo=lambda s: None)
+    log = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    # 4 batches an epoch (2 per task), 8 in all: after epoch 1 (4 steps) 1e-3 * (8 - 4) / (8 - 2)
+    assert log[1]["lr"] == pytest.approx(1e-3 * 4 / 6) and log[2]["lr"] == 0.0
+    assert _cfg(lr=1e-3).train.lr_schedule == "constant"
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _cfg(lr_schedule="cosine")

@@ -51,6 +51,9 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
+    # constant after warm-up, or linear decay to 0 at the end of `epochs` (plan epochs to fit a
+    # budget: a run stopped by the budget never reaches the low learning rates)
+    lr_schedule: typing.Literal["constant", "linear"] = "constant"
     grad_clip: float = 1.0
     epochs: int = 100
     patience: int = 5
@@ -225,6 +228,8 @@ def _flag_type(tp) -> tuple[typing.Callable, dict]:
         tp, origin = args[0], typing.get_origin(args[0])
     if tp is bool:
         return None, {"action": argparse.BooleanOptionalAction}
+    if origin is typing.Literal:
+        return None, {"choices": list(args)}
     if origin is list:
         return None, {"type": lambda s: [x for x in s.split(",") if x]}
     if origin is dict:

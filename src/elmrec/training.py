@@ -133,8 +133,11 @@ class _Training:
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
         warmup = max(1, cfg.train.warmup_steps)
+        # linear: the number of steps is known up front (every epoch has the same batch count)
+        total = cfg.train.epochs * sum(1 for _ in self.epoch_batches(0)) if cfg.train.lr_schedule == "linear" else 0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min(1.0, (step + 1) / warmup)
+            self.optimizer,
+            lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup)) if total else 1.0),
         )
         self.epoch, self.best, self.bad_epochs, self.elapsed = 0, math.inf, 0, 0.0
         self.valid_batches = self._validation_batches()
