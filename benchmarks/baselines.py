@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from datetime import datetime, timezone
 
@@ -18,6 +16,7 @@ from elmrec.baselines import BASELINES
 from elmrec.data import load_p5
 from elmrec.evaluation import TASKS, evaluate, format_table
 from elmrec.io import atomic_write_text
+from elmrec.runtime import machine_info
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.output:
         record = {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            "machine": machine_info(),
             "total_seconds": round(total, 2),
             "results": records,
         }

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from elmrec.data import load_p5, reindex
 from elmrec.evaluation import evaluate, sample_users
 from elmrec.io import atomic_write_text
 from elmrec.recommender import Recommender
-from elmrec.runtime import release_free_memory
+from elmrec.runtime import machine_info, release_free_memory
 from elmrec.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +98,7 @@ def run(args: argparse.Namespace, save) -> dict:
         key, _, value = item.partition("=")
         overrides[key] = value
     out = Path(args.out)
-    report = {"commit": commit(), "data": args.data, "machine": platform.processor() or platform.machine(),
+    report = {"commit": commit(), "data": args.data, "machine": machine_info(),
               "threads": args.threads, "date": time.strftime("%Y-%m-%d %H:%M"), "budget_minutes": args.budget_minutes,
               "preset": args.preset, "overrides": overrides, "argv": args.argv, "results": {}}
     for name in wanted:

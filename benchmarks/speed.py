@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import sys
 import time
@@ -28,7 +27,7 @@ from elmrec.config import load_config
 from elmrec.data import load_p5
 from elmrec.model import build_model
 from elmrec.recommender import Recommender
-from elmrec.runtime import tune_allocator
+from elmrec.runtime import machine_info, tune_allocator
 from elmrec.tokenization import build_tokenizer
 from elmrec.training import forward_backward, make_batch
 
@@ -125,8 +124,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     tune_allocator()
     dataset = load_p5(args.data)
-    results = {"data": args.data, "threads": args.threads, "machine": platform.processor() or platform.machine(),
-               "python": sys.version.split()[0], "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+    results = {"data": args.data, "threads": args.threads, "machine": machine_info(),
+               "python": sys.version.split()[0], "date": time.strftime("%Y-%m-%d"),
                "sizes": {}}
     for size in args.sizes.split(","):
         r = {}

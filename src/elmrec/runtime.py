@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import platform
 import sys
 
 import torch
@@ -52,3 +54,16 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA device is available")
     return torch.device(name)
+
+
+def machine_info() -> dict:
+    """What a benchmark figure depends on: the CPU model (float results and speed differ between
+    CPU families, so "x86_64" is not enough), the core count, the OS and the torch build."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu or platform.machine(), "cores": os.cpu_count(), "platform": platform.platform(),
+            "torch": torch.__version__}
