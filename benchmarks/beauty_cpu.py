@@ -3,7 +3,8 @@
 Every ELMRec row is trained with the same wall-clock budget; its checkpoint is chosen on the
 validation loss (the test split is used for nothing but the final figures), then evaluated on the
 test split: sequential (all items, reranking on) and direct (100 candidates). Rows: popularity,
-id-shortcut, ELMRec and its ablations (no graph-aware / no incremental whole-word embeddings, no
+id-shortcut, the two training-target priors (what a model that ignores its prompt can reach),
+ELMRec and its ablations (no graph-aware / no incremental whole-word embeddings, no
 soft prompts, and no reranking = the ELMRec checkpoint with N = 0). ``--reindex both`` repeats
 everything on a copy with randomly permuted item ids, where the P5 id-order shortcut is worthless.
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from elmrec.baselines import BASELINES
 from elmrec.config import load_config
 from elmrec.data import load_p5, reindex
-from elmrec.evaluation import evaluate, sample_users
+from elmrec.evaluation import evaluate, sample_users, user_dependence
 from elmrec.io import atomic_write_text
 from elmrec.recommender import Recommender
 from elmrec.runtime import machine_info, release_free_memory
@@ -87,6 +88,18 @@ def evaluate_row(results: dict, label: str, scorer, dataset, users, name: str, p
               f" ({row[f'{task}_eval_s']:.0f} s)", flush=True)
 
 
+def probe_row(results: dict, label: str, scorer, dataset, users, name: str) -> None:
+    """Does the row's output depend on whose prompt it reads? On VALIDATION users (a diagnostic,
+    never a choice): 1.0 means an item prior that ignores the user (see ``user_dependence``)."""
+    t0 = time.time()
+    dep = user_dependence(scorer, dataset, "valid", users=users)
+    dep["eval_s"] = time.time() - t0
+    results.setdefault(label, {})["user_dependence"] = dep
+    print(f"[{name}] {label} user dependence (valid): direct rank correlation "
+          f"{dep.get('direct_rank_correlation', float('nan')):.4f}, sequential top-10 overlap "
+          f"{dep['sequential_top_overlap']:.4f} ({dep['eval_s']:.0f} s)", flush=True)
+
+
 def run(args: argparse.Namespace, save) -> dict:
     base = load_p5(args.data)
     variants = {"p5": base, "random": reindex(base, "random", seed=0)}
@@ -104,6 +117,7 @@ def run(args: argparse.Namespace, save) -> dict:
     for name in wanted:
         dataset = variants[name]
         users = sample_users(dataset, args.eval_users, seed=0)
+        probe_users = sample_users(dataset, args.probe_users, seed=1)
         results = report["results"][name] = {}
 
         def score(label, scorer, tasks=TASKS, wall=None, _results=results, _dataset=dataset, _users=users,
@@ -111,8 +125,14 @@ def run(args: argparse.Namespace, save) -> dict:
             evaluate_row(_results, label, scorer, _dataset, _users, _name, args.progress, tasks, wall)
             save(report)
 
-        for baseline in ("popularity", "id-shortcut"):
+        def probe(label, scorer, _results=results, _dataset=dataset, _users=probe_users, _name=name):
+            if args.probe_users:
+                probe_row(_results, label, scorer, _dataset, _users, _name)
+                save(report)
+
+        for baseline in ("popularity", "id-shortcut", "sequential-prior", "direct-prior"):
             score(baseline, BASELINES[baseline](dataset))
+            probe(baseline, BASELINES[baseline](dataset))
         for row in rows:
             if row == "no-rerank":
                 continue
@@ -123,6 +143,7 @@ def run(args: argparse.Namespace, save) -> dict:
             wall = time.time() - t0
             results[f"{row} (train)"] = summary
             best = Recommender.from_pretrained(run_dir / "best", device="cpu")
+            probe(row, best)
             if row != "elmrec" or "no-rerank" not in rows:
                 score(row, best, wall=wall)
                 continue
@@ -156,6 +177,18 @@ def table(report: dict) -> str:
                     m = report["results"][n].get("elmrec", {}).get(t)
                 cells += [f"{m['NDCG@10']:.4f}", f"{m['HR@10']:.4f}"] if m else ["-", "-"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    probed = [k for k in labels if any("user_dependence" in report["results"][n].get(k, {}) for n in names)]
+    if probed:  # a second table: does each row's output depend on the user? (1.0 = no)
+        lines += ["", "| user dependence (validation) | " + " | ".join(
+            f"{n} direct rank correlation | {n} sequential top-10 overlap" for n in names) + " |",
+            "|---" * (1 + 2 * len(names)) + "|"]
+        for label in probed:
+            cells = []
+            for n in names:
+                dep = report["results"][n].get(label, {}).get("user_dependence", {})
+                cells += [f"{dep[k]:.4f}" if k in dep else "-"
+                          for k in ("direct_rank_correlation", "sequential_top_overlap")]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -204,6 +237,8 @@ def main(argv=None) -> int:
     p.add_argument("--rows", default="elmrec,no-graph,no-incremental,no-rerank,no-soft-prompts")
     p.add_argument("--valid-users", type=int, default=2000)
     p.add_argument("--eval-users", type=int, help="evaluate a fixed random subset (default: all users)")
+    p.add_argument("--probe-users", type=int, default=500,
+                   help="validation users for the user-dependence check of each row (0: skip)")
     p.add_argument("--threads", type=int, help="torch threads per process (default 2, or 1 with --parallel)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any other config field, e.g. seq_alpha=0.1")
     p.add_argument("--progress", action="store_true")

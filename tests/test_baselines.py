@@ -1,6 +1,13 @@
 import numpy as np
 
-from elmrec.baselines import IdShortcutScorer, PopularityScorer, id_shortcut_scores
+from elmrec import tasks
+from elmrec.baselines import (
+    DirectTargetPrior,
+    IdShortcutScorer,
+    PopularityScorer,
+    SequentialTargetPrior,
+    id_shortcut_scores,
+)
 from elmrec.data import Dataset
 from elmrec.evaluation import evaluate
 from elmrec.synthetic import make_synthetic
@@ -54,3 +61,23 @@ def test_id_shortcut_needs_sequential_ids():
     }
     assert hr["sequential"] > 0.03 and hr["random"] < 0.02
     assert hr["sequential"] > 3 * hr["random"]
+
+
+def test_target_priors_are_the_training_samples_target_frequencies():
+    # training parts (all but the last two): [1, 2, 3], [2, 3, 5], [3, 2, 1]
+    ds = Dataset.from_histories([[1, 2, 3, 4, 5], [2, 3, 5, 4, 1], [3, 2, 1, 5, 4]], n_items=5)
+    seq, direct = SequentialTargetPrior(ds), DirectTargetPrior(ds)
+    # sequential: any training item but the first, equally likely -> u1 2, 3; u2 3, 5; u3 2, 1 (1/2 each)
+    assert seq.counts[1:].tolist() == [0.5, 1.0, 1.0, 0.0, 0.5]
+    assert np.allclose(direct.counts[1:], [2 / 3, 1, 1, 0, 1 / 3])  # any training item, 1/3 each
+    assert seq.score_candidates(np.array([1]), [], np.array([[4, 2]])).tolist() == [[0.0, 1.0]]
+    # and they are what tasks.py actually samples: target counts per round of one sample per user
+    rng, rounds = np.random.default_rng(0), 3000
+    freq = {"seq": np.zeros(6), "direct": np.zeros(6)}
+    for _ in range(rounds):
+        for s in tasks.sequential_train_samples(ds, ds.users, rng):
+            freq["seq"][s.target] += 1 / rounds
+        for s in tasks.direct_train_samples(ds, ds.users, rng, n_negatives=1):
+            freq["direct"][s.target] += 1 / rounds
+    assert np.allclose(freq["seq"][1:], seq.counts[1:], atol=0.05)
+    assert np.allclose(freq["direct"][1:], direct.counts[1:], atol=0.05)

@@ -16,6 +16,7 @@ from elmrec.evaluation import (
     rank_of_target,
     ranking_metrics,
     sample_users,
+    user_dependence,
 )
 
 # --- metrics -------------------------------------------------------------------------------
@@ -163,3 +164,42 @@ def test_result_serialisation(synthetic_dataset):
     assert "direct/test" in table and "NDCG@10" in table
     both = format_table({"a": r, "b": EvalResult({"HR@1": 0.5}, dict(r.protocol))})
     assert both.count("\n") == 3
+
+
+class ByUser:
+    """Scores item i for user u as -(i - c) ** 2 with c = 3u mod n_items: users prefer other items."""
+
+    def __init__(self, n_items):
+        self.n_items = n_items
+
+    def score_candidates(self, users, histories, candidates):
+        centre = 3 * np.asarray(users)[:, None] % self.n_items
+        return -((np.asarray(candidates) - centre) ** 2).astype(float)
+
+    def score_all(self, users, histories):
+        return self.score_candidates(users, histories, np.arange(self.n_items + 1)[None, :])
+
+
+def test_user_dependence_is_one_for_a_prior_and_lower_for_a_personal_scorer(synthetic_dataset):
+    from elmrec.baselines import PopularityScorer
+
+    ds = synthetic_dataset
+    prior = user_dependence(PopularityScorer(ds), ds, "valid", batch_size=7)
+    assert prior["direct_rank_correlation"] == pytest.approx(1.0)
+    assert prior["sequential_top_overlap"] == 1.0 and prior["users"] == ds.n_users
+    personal = user_dependence(ByUser(ds.n_items), ds, "valid", batch_size=7)
+    assert personal["sequential_top_overlap"] < 0.5
+    assert personal["direct_rank_correlation"] < 0.5
+
+
+def test_user_dependence_hand_case():
+    # two users, so each reads the other's prompt; ByUser: user 1 prefers items near 3, user 2 near 6
+    negatives = np.array([[0, 0, 0], [5, 6, 7], [1, 2, 3]])
+    ds = Dataset.from_histories([[1, 2, 3, 4], [11, 12, 13, 14]], n_items=20, negatives=negatives)
+    out = user_dependence(ByUser(ds.n_items), ds, "test", top_n=2)
+    # visible histories 1-3 and 11-13 leave both rankings; top 2 near 3: {4, 5}, near 6: {6, 5} (5 and
+    # 7 tie, the lower id first): one of two in common, for both users
+    assert out["sequential_top_overlap"] == 0.5
+    # user 1, candidates [4, 5, 6, 7]: score ranks [4, 3, 2, 1] as itself, [1, 2.5, 4, 2.5] as user 2
+    # -> Spearman -3 / sqrt(5 * 4.5); user 2, [14, 1, 2, 3]: ranks [1, 2, 3, 4] either way -> 1
+    assert out["direct_rank_correlation"] == pytest.approx((1 - 3 / np.sqrt(22.5)) / 2)

@@ -165,7 +165,7 @@ def test_beauty_benchmark_pipeline_runs_on_tiny_data(synthetic_dir, tmp_path):
     out = tmp_path / "bench"
     assert bench.main(["--data", str(synthetic_dir), "--out", str(out), "--size", "tiny", "--epochs", "1",
                        "--budget-minutes", "0.05", "--reindex", "both", "--parallel",  # all rows (default)
-                       "--valid-users", "10", "--eval-users", "12", "--threads", "1",
+                       "--valid-users", "10", "--eval-users", "12", "--probe-users", "8", "--threads", "1",
                        "--set", "steps_per_epoch=1", "--set", "batch_size=8", "--set", "n_negatives=9"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["results"]) == {"p5", "random"}
@@ -179,8 +179,31 @@ def test_beauty_benchmark_pipeline_runs_on_tiny_data(synthetic_dir, tmp_path):
     assert rows["elmrec"]["direct_users"] == rows["no-rerank"]["sequential_users"] == 12
     assert "direct" not in rows["no-rerank"]  # reranking does not touch direct results: not run again
     assert report["complete"] and (out / "report-p5.json").exists() and (out / "report-random.json").exists()
-    table = (out / "report.md").read_text().splitlines()
+    # every row but no-rerank (the same checkpoint) says how much its output depends on the user
+    assert rows["popularity"]["user_dependence"]["direct_rank_correlation"] == pytest.approx(1.0)
+    for row in ("id-shortcut", "elmrec", "no-graph", "no-incremental", "no-soft-prompts"):
+        dep = rows[row]["user_dependence"]
+        assert dep["split"] == "valid" and dep["users"] == 8 and 0 <= dep["sequential_top_overlap"] <= 1
+    text = (out / "report.md").read_text()
+    table, probes = (part.splitlines() for part in text.split("\n\n"))
     assert "p5 sequential NDCG@10" in table[0] and "random direct HR@10" in table[0]
-    assert [line.split(" | ")[0] for line in table[2:]] == [
-        "| popularity", "| id-shortcut", "| elmrec", "| no-rerank", "| no-graph", "| no-incremental",
-        "| no-soft-prompts"]
+    labels = ["| popularity", "| id-shortcut", "| sequential-prior", "| direct-prior", "| elmrec", "| no-rerank",
+              "| no-graph", "| no-incremental", "| no-soft-prompts"]
+    assert [line.split(" | ")[0] for line in table[2:]] == labels
+    assert "p5 direct rank correlation" in probes[0]
+    assert [line.split(" | ")[0] for line in probes[2:]] == [x for x in labels if x != "| no-rerank"]
+
+
+def test_trained_model_depends_on_the_user_and_the_cli_reports_it(trained_checkpoint, quick_dir, tmp_path, capsys):
+    out = tmp_path / "dep.json"
+    assert main(["evaluate", "--checkpoint", str(trained_checkpoint), "--data", str(quick_dir), "--task", "direct",
+                 "--split", "valid", "--users", "40", "--user-dependence", "--no-progress", "--output", str(out)]) == 0
+    dep = json.loads(out.read_text())["user_dependence"]
+    assert dep["users"] == 40 and dep["split"] == "valid"
+    # the model that beats popularity above reads its prompt: its scores move with the user (measured:
+    # 0.98 and 0.44; the direct ranking is mostly the item prior, the sequential one is personal)
+    assert dep["direct_rank_correlation"] < 0.995 and dep["sequential_top_overlap"] < 0.8
+    assert "user dependence (valid, 40 users; 1.0 = ignores the user)" in capsys.readouterr().out
+    assert main(["evaluate", "--model", "popularity", "--data", str(quick_dir), "--task", "sequential",
+                 "--user-dependence", "--no-progress"]) == 0
+    assert "direct rank correlation 1.0000, sequential top-10 overlap 1.0000" in capsys.readouterr().out

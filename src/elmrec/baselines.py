@@ -7,7 +7,25 @@ import numpy as np
 from .data import Dataset
 
 
-class PopularityScorer:
+class ItemPrior:
+    """One fixed score per item, whoever asks: the scorers that ignore the user and the history."""
+
+    name = "prior"
+
+    def __init__(self, weights: np.ndarray):
+        self.counts = np.asarray(weights, dtype=np.float64).copy()
+        self.counts[0] = -np.inf  # padding, never an item
+
+    def score_all(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+        return np.tile(self.counts, (len(users), 1))
+
+    def score_candidates(
+        self, users: np.ndarray, histories: list[np.ndarray], candidates: np.ndarray
+    ) -> np.ndarray:
+        return self.counts[np.asarray(candidates)]
+
+
+class PopularityScorer(ItemPrior):
     """Rank by the number of TRAINING interactions (no validation/test item is counted).
 
     Equal counts stay equal scores, and the protocol counts ties against the target, so this
@@ -17,16 +35,39 @@ class PopularityScorer:
     name = "popularity"
 
     def __init__(self, dataset: Dataset):
-        self.counts = dataset.item_counts().astype(np.float64)
-        self.counts[0] = -np.inf
+        super().__init__(dataset.item_counts())
 
-    def score_all(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
-        return np.tile(self.counts, (len(users), 1))
 
-    def score_candidates(
-        self, users: np.ndarray, histories: list[np.ndarray], candidates: np.ndarray
-    ) -> np.ndarray:
-        return self.counts[np.asarray(candidates)]
+def _training_target_weights(dataset: Dataset, skip_first: bool) -> np.ndarray:
+    """Expected count of each item among one training sample per user, each user's n training items
+    equally likely (all n, or all but the first when ``skip_first``)."""
+    w = np.zeros(dataset.n_items + 1)
+    for u in dataset.users:
+        h = dataset.split_history(int(u), "train")[1 if skip_first else 0 :]
+        if len(h):
+            np.add.at(w, h, 1.0 / len(h))
+    return w
+
+
+class SequentialTargetPrior(ItemPrior):
+    """How often an item is the target of a sequential training sample (``tasks.py``: the end of a
+    random segment of >= 2 items, so any training item but the first, equally likely). The best
+    a model can score that learned the targets' distribution but does not read its prompt."""
+
+    name = "sequential-prior"
+
+    def __init__(self, dataset: Dataset):
+        super().__init__(_training_target_weights(dataset, skip_first=True))
+
+
+class DirectTargetPrior(ItemPrior):
+    """How often an item is the positive of a direct training sample (any training item of the
+    user, equally likely): the direct task's counterpart of :class:`SequentialTargetPrior`."""
+
+    name = "direct-prior"
+
+    def __init__(self, dataset: Dataset):
+        super().__init__(_training_target_weights(dataset, skip_first=False))
 
 
 def id_shortcut_scores(items: np.ndarray, last: np.ndarray, top: np.ndarray, n_items: int) -> np.ndarray:
@@ -73,4 +114,5 @@ class IdShortcutScorer:
         return id_shortcut_scores(np.asarray(candidates), last, top, self.n_items)
 
 
-BASELINES = {"popularity": PopularityScorer, "id-shortcut": IdShortcutScorer}
+BASELINES = {"popularity": PopularityScorer, "id-shortcut": IdShortcutScorer,
+             "sequential-prior": SequentialTargetPrior, "direct-prior": DirectTargetPrior}

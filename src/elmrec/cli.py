@@ -28,7 +28,7 @@ from .data import (
     sample_negatives,
     write_p5,
 )
-from .evaluation import DEFAULT_KS, Scorer, evaluate, evaluate_explanation, sample_users
+from .evaluation import DEFAULT_KS, Scorer, evaluate, evaluate_explanation, sample_users, user_dependence
 from .io import atomic_write_text
 from .runtime import tune_allocator
 from .synthetic import make_synthetic
@@ -156,8 +156,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             users=users,
             progress=not args.no_progress,
         )
+    dependence = None
+    if args.user_dependence:
+        if args.task == "explanation":
+            raise ValueError("--user-dependence applies to the ranking tasks, not to explanation")
+        dependence = user_dependence(scorer, dataset, args.split, users=users, seed=args.seed,
+                                     progress=not args.no_progress)
     print(f"{name} on {args.data}")
     print(result.format_table())
+    if dependence is not None:
+        print(f"user dependence ({dependence['split']}, {dependence['users']} users; 1.0 = ignores the user): "
+              f"direct rank correlation {dependence.get('direct_rank_correlation', float('nan')):.4f}, "
+              f"sequential top-10 overlap {dependence['sequential_top_overlap']:.4f}")
     shown = ("beams", "top_n", "extra_candidates", "rerank", "direct_decode", "invalid_share", "dropped_by_rerank")
     settings = {k: result.extra[k] for k in shown if k in result.extra}
     if settings:
@@ -169,6 +179,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "data": str(args.data),
             "dataset": dataset.summary(),
             **result.to_dict(),
+            **({"user_dependence": dependence} if dependence is not None else {}),
             "elmrec_version": __version__,
         }
         atomic_write_text(args.output, json.dumps(record, indent=2) + "\n")
@@ -322,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--output", help="write metrics and protocol to this JSON file")
+    p.add_argument("--user-dependence", action="store_true",
+                   help="also score every user's prompt as another user's and report how much the "
+                        "scores change (1.0 = the model ignores who asks; see README)")
     _generation_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 

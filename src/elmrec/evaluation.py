@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
 from .data import DataError, Dataset
@@ -250,6 +251,65 @@ def evaluate_direct(
     The same negatives serve validation and test: they exclude every item the user touched.
     """
     return _run("direct", scorer, dataset, split, ks, False, batch_size, users, progress)
+
+
+def _row_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each row of ``a`` with the same row of ``b`` (NaN for a constant row)."""
+    ra, rb = (rankdata(np.nan_to_num(x, nan=-np.inf), axis=1) for x in (a, b))
+    ra, rb = ra - ra.mean(1, keepdims=True), rb - rb.mean(1, keepdims=True)
+    den = np.sqrt((ra**2).sum(1) * (rb**2).sum(1))
+    return np.divide((ra * rb).sum(1), den, out=np.full(len(a), np.nan), where=den > 0)
+
+
+def user_dependence(
+    scorer: Scorer, dataset: Dataset, split: str = "valid", users: np.ndarray | None = None,
+    batch_size: int = 64, seed: int = 0, top_n: int = 10, progress: bool = False,
+) -> dict[str, float]:
+    """How much a scorer's output depends on whose prompt it reads.
+
+    Each user's direct candidates are scored twice: as that user with that user's history, and as
+    another (randomly paired) user with the other's history. ``direct_rank_correlation`` is the mean
+    Spearman correlation of the two score rows, ``sequential_top_overlap`` the mean share of the
+    top ``top_n`` items the two sequential rankings have in common (items of either history
+    removed from both). A scorer that ignores the user
+    (popularity) gives 1.0 on both; a trained model close to 1.0 has learned an item prior, not to
+    read its prompt - a check that loss and HR/NDCG cannot make.
+    """
+    users = _check_users(dataset, users)
+    if len(users) < 2:
+        raise ValueError("user_dependence needs at least two users to pair")
+    # one random cycle through the users: everyone reads the next one's prompt, never their own
+    cycle = np.random.default_rng(seed).permutation(len(users))
+    partners = np.empty_like(users)
+    partners[cycle] = users[np.roll(cycle, -1)]
+    rho, overlap = [], []
+    bar = tqdm(total=len(users), desc=f"user dependence/{split}", unit="user", disable=not progress)
+    for start in range(0, len(users), batch_size):
+        own = users[start : start + batch_size]
+        swap = partners[start : start + batch_size]
+        hist_own = [dataset.split_history(int(u), split) for u in own]
+        hist_swap = [dataset.split_history(int(u), split) for u in swap]
+        if dataset.negatives is not None:
+            cand = np.concatenate([dataset.targets(split)[own][:, None], dataset.negatives[own]], axis=1)
+            a = np.asarray(scorer.score_candidates(own, hist_own, cand), dtype=np.float64)
+            b = np.asarray(scorer.score_candidates(swap, hist_swap, cand), dtype=np.float64)
+            rho.append(_row_spearman(a, b))
+        # both users' histories leave both rankings, so reranking alone (each run drops the history
+        # of the prompt's user) cannot make an item prior look personal
+        rows = np.repeat(np.arange(len(own)), [len(a) + len(b) for a, b in zip(hist_own, hist_swap)])
+        seen = np.concatenate([np.concatenate([a, b]) for a, b in zip(hist_own, hist_swap)])
+        tops = []
+        for u, h in ((own, hist_own), (swap, hist_swap)):
+            s = np.array(scorer.score_all(u, h), dtype=np.float64)
+            s[rows, seen] = -np.inf
+            tops.append(np.argsort(-s[:, 1:], axis=1, kind="stable")[:, :top_n])
+        overlap += [len(np.intersect1d(x, y)) / top_n for x, y in zip(*tops)]
+        bar.update(len(own))
+    bar.close()
+    out = {"sequential_top_overlap": float(np.mean(overlap)), "users": len(users), "split": split}
+    if rho:
+        out["direct_rank_correlation"] = float(np.nanmean(np.concatenate(rho)))
+    return out
 
 
 def evaluate(scorer: Scorer, dataset: Dataset, task: str, split: str = "test", **kwargs) -> EvalResult:
