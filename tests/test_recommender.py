@@ -207,3 +207,22 @@ def test_trained_model_depends_on_the_user_and_the_cli_reports_it(trained_checkp
     assert main(["evaluate", "--model", "popularity", "--data", str(quick_dir), "--task", "sequential",
                  "--user-dependence", "--no-progress"]) == 0
     assert "direct rank correlation 1.0000, sequential top-10 overlap 1.0000" in capsys.readouterr().out
+
+
+def test_diagnose_script_reports_user_dependence_and_encoder_geometry(trained_checkpoint, quick_dir, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "diagnose.py"
+    spec = importlib.util.spec_from_file_location("diagnose", path)
+    diagnose = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnose)
+    out = tmp_path / "d.json"
+    args = [str(trained_checkpoint), "--data", str(quick_dir), "--users", "20", "--output", str(out)]
+    assert diagnose.main(args) == 0
+    row = json.loads(out.read_text())["checkpoints"][str(trained_checkpoint)]
+    assert row["user_dependence"]["users"] == 20 and row["user_dependence"]["direct_rank_correlation"] < 0.995
+    n_layers = Recommender.from_pretrained(trained_checkpoint).model.t5.config.num_layers
+    assert len(row["encoder"]) == n_layers + 2  # input, every block, the final layer norm
+    # a model that reads its prompt keeps positions apart: far from the collapsed encoders (cosine ~0.9+)
+    assert all(-1 <= g["cosine"] < 0.8 and g["norm"] > 0 for g in row["encoder"])

@@ -1,0 +1,102 @@
+"""Does a trained checkpoint read its prompt? Two checks that loss and HR/NDCG cannot make.
+
+1. User dependence on validation users (``elmrec.evaluation.user_dependence``): 1.0 means the
+   scores do not change when another user's prompt is read, i.e. the model is an item prior.
+2. Encoder collapse: the mean norm of the encoder's hidden states after each layer, and the mean
+   cosine between the states of different positions of one direct prompt. Near 1 after the last
+   layer, every token looks the same to the decoder, which then cannot copy or compare ids.
+
+    python benchmarks/diagnose.py runs/beauty-c16/p5/elmrec/best --data ../shared/data/beauty
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+from elmrec.data import load_p5, reindex
+from elmrec.evaluation import sample_users, user_dependence
+from elmrec.io import atomic_write_text
+from elmrec.prompts import EVAL_TEMPLATE, render
+from elmrec.recommender import Recommender
+from elmrec.runtime import machine_info
+from elmrec.tasks import direct_eval_samples
+from elmrec.tokenization import encode_prompts
+
+
+@torch.no_grad()
+def encoder_geometry(rec: Recommender, dataset, users: np.ndarray) -> list[dict]:
+    """Mean state norm and mean cosine between the positions of each prompt (soft prompts and
+    real tokens), for the encoder input, every block's output and the final layer norm's output,
+    averaged over the given users' direct validation prompts."""
+    model = rec.model
+    samples = direct_eval_samples(dataset, users, "valid")
+    prompts = [render(s, EVAL_TEMPLATE, dataset.n_users, model.config.use_incremental) for s in samples]
+    batch = encode_prompts(rec.tokenizer, prompts, rec.device)
+    states: list[torch.Tensor] = []
+    encoder = model.t5.encoder
+    def block_input(module, args, kwargs):
+        states.append(args[0] if args else kwargs["hidden_states"])
+
+    hooks = [encoder.block[0].register_forward_pre_hook(block_input, with_kwargs=True)]
+    hooks += [b.register_forward_hook(lambda m, a, o: states.append(o[0] if isinstance(o, tuple) else o))
+              for b in encoder.block]
+    hooks.append(encoder.final_layer_norm.register_forward_hook(lambda m, a, o: states.append(o)))
+    try:
+        _, mask = model.encode("direct", **batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    real = mask.bool()
+    out = []
+    for h in states:
+        norms, cosines = [], []
+        for b in range(len(samples)):
+            v = h[b][real[b]]
+            n = torch.nn.functional.normalize(v, dim=-1)
+            k = len(v)
+            norms.append(v.norm(dim=-1).mean().item())
+            cosines.append(((n @ n.T).sum().item() - k) / (k * k - k))
+        out.append({"norm": float(np.mean(norms)), "cosine": float(np.mean(cosines))})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", help="checkpoint directories (e.g. RUN/best)")
+    p.add_argument("--data", required=True, help="the P5 directory the checkpoints were trained on")
+    p.add_argument("--reindex", choices=("p5", "random"), default="p5",
+                   help="random: the benchmark's seeded re-indexed copy (beauty_cpu.py --reindex random)")
+    p.add_argument("--users", type=int, default=500, help="validation users for user dependence")
+    p.add_argument("--geometry-users", type=int, default=8, help="direct prompts for the encoder check")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--output", help="JSON report")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    dataset = load_p5(args.data)
+    if args.reindex == "random":
+        dataset = reindex(dataset, "random", seed=0)
+    users = sample_users(dataset, args.users, seed=1)  # the benchmark's probe users
+    report = {"data": args.data, "reindex": args.reindex, "machine": machine_info(), "checkpoints": {}}
+    for ck in args.checkpoints:
+        t0 = time.time()
+        rec = Recommender.from_pretrained(ck, device="cpu")
+        rec.check_dataset(dataset.fingerprint())
+        dep = user_dependence(rec, dataset, "valid", users=users)
+        geometry = encoder_geometry(rec, dataset, users[: args.geometry_users])
+        report["checkpoints"][ck] = {"user_dependence": dep, "encoder": geometry, "seconds": time.time() - t0}
+        layers = " | ".join(f"{g['norm']:.0f} / {g['cosine']:.2f}" for g in geometry)
+        print(f"{ck}: direct rank correlation {dep['direct_rank_correlation']:.5f}, sequential top-10 overlap "
+              f"{dep['sequential_top_overlap']:.4f}; encoder norm / position cosine by layer: {layers}", flush=True)
+    if args.output:
+        atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
