@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.reindex == "random":
         dataset = reindex(dataset, "random", seed=0)
     users = sample_users(dataset, args.users, seed=1)  # the benchmark's probe users
-    report = {"data": args.data, "reindex": args.reindex, "machine": machine_info(), "checkpoints": {}}
+    report = {"data": args.data, "reindex": args.reindex, "machine": machine_info(),
+              "argv": sys.argv[1:] if argv is None else argv, "date": time.strftime("%Y-%m-%d %H:%M"),
+              "checkpoints": {}}
     for ck in args.checkpoints:
         t0 = time.time()
         rec = Recommender.from_pretrained(ck, device="cpu")
