@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,15 @@ from elmrec.cli import main
 from elmrec.data import Dataset
 from elmrec.evaluation import evaluate, evaluate_explanation
 from elmrec.recommender import Recommender
+
+
+def _script(name: str):
+    """A module from benchmarks/, which is not a package."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -155,13 +166,7 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path, capsys):
 
 def test_beauty_benchmark_pipeline_runs_on_tiny_data(synthetic_dir, tmp_path):
     """benchmarks/beauty_cpu.py end to end with a tiny budget, so the script cannot rot."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "beauty_cpu.py"
-    spec = importlib.util.spec_from_file_location("beauty_cpu", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _script("beauty_cpu")
     out = tmp_path / "bench"
     assert bench.main(["--data", str(synthetic_dir), "--out", str(out), "--size", "tiny", "--epochs", "1",
                        "--budget-minutes", "0.05", "--reindex", "both", "--parallel",  # all rows (default)
@@ -210,13 +215,7 @@ def test_trained_model_depends_on_the_user_and_the_cli_reports_it(trained_checkp
 
 
 def test_diagnose_script_reports_user_dependence_and_encoder_geometry(trained_checkpoint, quick_dir, tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "diagnose.py"
-    spec = importlib.util.spec_from_file_location("diagnose", path)
-    diagnose = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(diagnose)
+    diagnose = _script("diagnose")
     out = tmp_path / "d.json"
     args = [str(trained_checkpoint), "--data", str(quick_dir), "--users", "20", "--output", str(out)]
     assert diagnose.main(args) == 0
@@ -226,3 +225,23 @@ def test_diagnose_script_reports_user_dependence_and_encoder_geometry(trained_ch
     assert len(row["encoder"]) == n_layers + 2  # input, every block, the final layer norm
     # a model that reads its prompt keeps positions apart: far from the collapsed encoders (cosine ~0.9+)
     assert all(-1 <= g["cosine"] < 0.8 and g["norm"] > 0 for g in row["encoder"])
+
+
+def test_paired_comparison_by_hand_and_on_a_checkpoint(trained_checkpoint, quick_dir, tmp_path, capsys):
+    paired = _script("paired")
+    # 4 users, HR@2: A hits users 0, 1, 2; B hits users 2, 3 -> discordant 2 vs 1, p = 1.0 (binomial)
+    row = paired.paired(np.array([0, 1, 0, 5]), np.array([3, 2, 1, 0]), k=2)
+    assert (row["only_a_hits"], row["only_b_hits"], row["hr@2_a"], row["hr@2_b"]) == (2, 1, 0.75, 0.5)
+    assert row["mcnemar_p"] == pytest.approx(1.0)
+    gains_a, gains_b = np.array([1, 1 / np.log2(3), 1, 0]), np.array([0, 0, 1 / np.log2(3), 1])
+    assert row["ndcg@2_diff"] == pytest.approx(np.mean(gains_a - gains_b))
+    assert row["ndcg@2_diff_se"] == pytest.approx(np.std(gains_a - gains_b, ddof=1) / 2)
+    assert paired.paired(np.zeros(30), np.full(30, 99), k=10)["mcnemar_p"] < 1e-8  # 30 vs 0: clearly not noise
+    out = tmp_path / "p.json"
+    args = [str(trained_checkpoint), "--data", str(quick_dir), "--baselines", "popularity", "--output", str(out)]
+    assert paired.main(args) == 0
+    row = json.loads(out.read_text())["against"]["popularity"]
+    assert row["users"] > 0 and 0 <= row["mcnemar_p"] <= 1 and "sequential vs popularity" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        paired.main([str(trained_checkpoint), "--data", str(quick_dir), "--baselines", "sasrec"])
+    assert "unknown baseline(s) sasrec" in capsys.readouterr().err
