@@ -40,6 +40,7 @@ def encoder_geometry(rec: Recommender, dataset, users: np.ndarray) -> list[dict]
     batch = encode_prompts(rec.tokenizer, prompts, rec.device)
     states: list[torch.Tensor] = []
     encoder = model.t5.encoder
+
     def block_input(module, args, kwargs):
         states.append(args[0] if args else kwargs["hidden_states"])
 
@@ -87,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
               "checkpoints": {}}
     for ck in args.checkpoints:
         t0 = time.time()
-        rec = Recommender.from_pretrained(ck, device="cpu")
-        rec.check_dataset(dataset.fingerprint())
+        try:
+            rec = Recommender.from_pretrained(ck, device="cpu")
+            rec.check_dataset(dataset.fingerprint())  # e.g. a --reindex other than the training one
+        except (FileNotFoundError, ValueError) as e:
+            p.error(str(e))
         dep = user_dependence(rec, dataset, "valid", users=users)
         geometry = encoder_geometry(rec, dataset, users[: args.geometry_users])
         report["checkpoints"][ck] = {"user_dependence": dep, "encoder": geometry, "seconds": time.time() - t0}

@@ -64,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.reindex == "random":
         dataset = reindex(dataset, "random", seed=0)
     users = sample_users(dataset, args.eval_users, seed=0)  # the benchmark's test users
-    rec = Recommender.from_pretrained(args.checkpoint, device="cpu")
-    rec.check_dataset(dataset.fingerprint())
+    try:
+        rec = Recommender.from_pretrained(args.checkpoint, device="cpu")
+        rec.check_dataset(dataset.fingerprint())  # e.g. a --reindex other than the training one
+    except (FileNotFoundError, ValueError) as e:
+        p.error(str(e))
     t0 = time.time()
     ranks = evaluate(rec, dataset, args.task, "test", users=users, progress=False).ranks
     report = {"checkpoint": args.checkpoint, "data": args.data, "reindex": args.reindex, "task": args.task,

@@ -245,3 +245,6 @@ def test_paired_comparison_by_hand_and_on_a_checkpoint(trained_checkpoint, quick
     with pytest.raises(SystemExit):
         paired.main([str(trained_checkpoint), "--data", str(quick_dir), "--baselines", "sasrec"])
     assert "unknown baseline(s) sasrec" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        paired.main([str(tmp_path / "nowhere"), "--data", str(quick_dir)])
+    assert "not an elmrec checkpoint" in capsys.readouterr().err
