@@ -243,3 +243,32 @@ def test_every_ablation_checkpoints_after_inference(tokenizer, tmp_path, switch)
     loaded, tok2 = ELMRec.from_pretrained(tmp_path / "ckpt")
     assert getattr(loaded.config, switch) is False
     assert torch.equal(before, _logits(loaded, tok2))
+
+
+def test_in_place_attention_matches_transformers_eager_attention(tokenizer):
+    """Same loss, gradients (the learned position bias included) and cached decoding as T5's
+    reference attention, on a padded batch of prompts of different lengths."""
+    samples = [Sample(DIRECT, 2, (3, 7, 11), 7), Sample(DIRECT, 1, (2, 4, 6, 8, 10, 12), 4)]
+    batch = encode_prompts(tokenizer, [render(s, 1, 5, True) for s in samples])
+    assert (batch["attention_mask"] == 0).any()  # padding is exercised
+    labels = encode_targets(tokenizer, ["item_7", "item_4"], 8)
+    results = {}
+    for impl in ("elmrec", "eager"):
+        model = _tiny_model(tokenizer, dropout=0.0)
+        assert model.t5.config._attn_implementation == "elmrec"
+        model.t5.set_attn_implementation(impl)
+        model.train()
+        loss = model(DIRECT, **batch, labels=labels)
+        loss.backward()
+        bias = model.t5.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.grad
+        model.eval()
+        with torch.no_grad():
+            hidden, mask = model.encode(DIRECT, **batch)
+            out = model.decode(hidden, mask, torch.zeros(2, 1, dtype=torch.long), use_cache=True)
+            step = model.decode(hidden, mask, torch.full((2, 1), 5), cache=out.past_key_values, use_cache=True)
+            full = model.decode(hidden, mask, torch.tensor([[0, 5], [0, 5]]))
+        results[impl] = (loss.detach(), bias.clone(), model.graph_table.grad.clone(), step.logits[:, -1],
+                         full.logits[:, -1])
+    for ours, reference in zip(results["elmrec"], results["eager"]):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results["elmrec"][3], results["elmrec"][4], rtol=1e-5, atol=1e-5)

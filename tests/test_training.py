@@ -106,6 +106,19 @@ def test_same_seed_same_model_and_another_seed_differs(tmp_path, synthetic_datas
     assert any((a[k] != c[k]).any() for k in a)
 
 
+def test_bf16_autocast_on_cpu_keeps_fp32_weights_and_the_loss(tmp_path, synthetic_dataset):
+    """--amp runs bf16 matrix products on a CPU too: the result differs from fp32 (so it is on)
+    but the validation losses agree to bf16 precision, and the stored weights stay fp32."""
+    logs = {}
+    for amp in (False, True):
+        train(_cfg(epochs=1, amp=amp), synthetic_dataset, tmp_path / str(amp), progress=False, echo=lambda s: None)
+        logs[amp] = [json.loads(ln)["valid_loss"]["mean"] for ln in (tmp_path / str(amp) / "log.jsonl").open()]
+    assert logs[True] != logs[False]
+    np.testing.assert_allclose(logs[True], logs[False], rtol=0.02)
+    weights = _weights(tmp_path / "True" / "best").values()
+    assert all(w.dtype.is_floating_point and w.dtype.itemsize == 4 for w in weights)
+
+
 def test_resume_refuses_another_dataset(tmp_path, synthetic_dataset):
     train(_cfg(epochs=1), synthetic_dataset, tmp_path / "run", progress=False, echo=lambda s: None)
     other = Dataset.from_histories([[1, 2, 3]] * 4, n_items=3)

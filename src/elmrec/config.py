@@ -69,7 +69,7 @@ class TrainConfig:
     max_explanation_tokens: int = 20
     seed: int = 2024
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool = False  # bf16 autocast on GPU
+    amp: bool = False  # bf16 autocast (GPU, or a CPU with AMX / avx512_bf16)
     threads: int | None = None  # torch intra-op threads on CPU
 
 

@@ -22,7 +22,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
+from transformers import (
+    AttentionInterface,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.models.t5.modeling_t5 import T5Attention
 
 from .config import ModelConfig
@@ -52,6 +59,41 @@ def build_backbone(config: ModelConfig, vocab_size: int, seed: int) -> T5ForCond
     return T5ForConditionalGeneration(t5_config)
 
 
+def biased_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_bias=None,
+                     **kwargs):
+    """T5 attention (scores + relative position bias, softmax, values) with the bias and the mask
+    added in place. Why not SDPA: T5's bias is learned, and a mask that needs a gradient sends
+    PyTorch's CPU SDPA to its math path after a (batch, heads, L, L) mask tensor is built in every
+    layer; on 540-token direct prompts that made the training step 1.2x slower than this."""
+    scores = torch.matmul(query, key.transpose(-1, -2))
+    if scaling is not None and scaling != 1.0:
+        scores.mul_(scaling)
+    if position_bias is not None:
+        scores.add_(position_bias)
+    if attention_mask is not None:  # boolean, True = may attend (see _bool_mask), or additive
+        if attention_mask.dtype == torch.bool:
+            scores.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores.add_(attention_mask)
+    elif getattr(module, "is_causal", False) and query.shape[-2] > 1:  # decoder self-attention
+        q, k = query.shape[-2], key.shape[-2]
+        future = torch.arange(q, device=query.device)[:, None] + (k - q) < torch.arange(k, device=query.device)
+        scores.masked_fill_(future, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1)
+    if dropout:
+        probs = F.dropout(probs, p=dropout, training=module.training)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+
+
+def _bool_mask(*args, **kwargs):
+    """Boolean masks; None only for a padding-free bidirectional batch (causality is applied above)."""
+    return sdpa_mask(*args, **{**kwargs, "allow_is_causal_skip": False, "allow_is_bidirectional_skip": True})
+
+
+AttentionInterface.register("elmrec", biased_attention)
+AttentionMaskInterface.register("elmrec", _bool_mask)
+
+
 class ELMRec(nn.Module):
     def __init__(
         self, config: ModelConfig, t5: T5ForConditionalGeneration, n_users: int, n_items: int,
@@ -59,6 +101,7 @@ class ELMRec(nn.Module):
     ):
         super().__init__()
         self.config, self.t5 = config, t5
+        t5.set_attn_implementation("elmrec")
         for module in t5.modules():
             if isinstance(module, T5Attention):
                 module.dropout = config.attention_dropout

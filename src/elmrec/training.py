@@ -190,8 +190,10 @@ class _Training:
 
     # --- steps --------------------------------------------------------------------------------
     def autocast(self):
-        if self.cfg.train.amp and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast (weights and optimizer stay fp32): on a GPU, or a CPU with bf16 matrix units
+        (AMX, avx512_bf16), where it made a tiny-size direct step 1.4x faster (BENCHMARKS.md)."""
+        if self.cfg.train.amp:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def train_epoch(self, deadline: float | None, progress: bool) -> tuple[dict, bool]:
