@@ -13,6 +13,7 @@ one size per process for memory figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import sys
@@ -38,8 +39,13 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+def bf16(enabled: bool):
+    """The autocast of ``--amp`` (training.Trainer.autocast on a CPU), or none."""
+    return lambda: torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
 def train_speed(dataset, size: str, batches: int, batch_size: int, micro: int | None, tasks: list[str],
-                warmup: int) -> dict:
+                warmup: int, amp: bool = False) -> dict:
     cfg = load_config(preset="beauty", overrides={"size": size, "batch_size": batch_size})
     tok = build_tokenizer()
     model = build_model(cfg.model, dataset.n_users, dataset.n_items, *dataset.train_pairs(), len(tok), 0)
@@ -60,7 +66,7 @@ def train_speed(dataset, size: str, batches: int, batch_size: int, micro: int | 
             batch = make_batch(samples, templates, tok, dataset.n_users, cfg, torch.device("cpu"))
             t1 = time.perf_counter()
             opt.zero_grad()
-            forward_backward(model, batch, micro)
+            forward_backward(model, batch, micro, bf16(amp))
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             t2 = time.perf_counter()
@@ -115,6 +121,7 @@ def main(argv=None) -> int:
     p.add_argument("--direct-decode", default="score", choices=("score", "beam"))
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-eval", action="store_true")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast in training (--amp); evaluation stays fp32")
     p.add_argument("--output")
     args = p.parse_args(argv)
     if args.micro_batch_size is not None and args.micro_batch_size < 1:
@@ -125,13 +132,14 @@ def main(argv=None) -> int:
     tune_allocator()
     dataset = load_p5(args.data)
     results = {"data": args.data, "threads": args.threads, "machine": machine_info(),
-               "python": sys.version.split()[0], "date": time.strftime("%Y-%m-%d"),
+               "python": sys.version.split()[0], "amp": args.amp, "argv": sys.argv[1:],
+               "date": time.strftime("%Y-%m-%d"),
                "sizes": {}}
     for size in args.sizes.split(","):
         r = {}
         if not args.skip_train:
             r["train"] = train_speed(dataset, size, args.batches, args.batch_size, args.micro_batch_size,
-                                     args.tasks.split(","), args.warmup)
+                                     args.tasks.split(","), args.warmup, args.amp)
         if not args.skip_eval:
             r["eval"] = eval_speed(dataset, size, args.eval_users, Path("/tmp"), args.direct_decode)
         r["peak_rss_gb_so_far"] = peak_rss_gb()
