@@ -5,6 +5,9 @@
 2. Encoder collapse: the mean norm of the encoder's hidden states after each layer, and the mean
    cosine between the states of different positions of one direct prompt. Near 1 after the last
    layer, every token looks the same to the decoder, which then cannot copy or compare ids.
+3. Graph signal: how well the graph-aware whole-word table itself ranks each user's direct
+   validation candidates by the dot product of user and item rows (HR@10 among 100 candidates;
+   chance 0.10). It bounds what a model can read from the table without learning E0 further.
 
     python benchmarks/diagnose.py runs/beauty-c16/p5/elmrec/best --data ../shared/data/beauty
 """
@@ -67,6 +70,25 @@ def encoder_geometry(rec: Recommender, dataset, users: np.ndarray) -> list[dict]
     return out
 
 
+@torch.no_grad()
+def graph_signal(rec: Recommender, dataset, users: np.ndarray, k: int = 10) -> dict:
+    """HR@k of scoring each direct validation candidate by E[user] . E[n_users + item], with E the
+    propagated graph-aware table the model adds to id tokens; and the norms of alpha * E against
+    the token embeddings it is added to."""
+    model = rec.model
+    table = model.graph_embeddings()
+    samples = direct_eval_samples(dataset, users, "valid")
+    user_rows = table[torch.as_tensor([s.user for s in samples])]
+    cands = torch.as_tensor([[s.target, *[i for i in s.items if i != s.target]] for s in samples])
+    scores = torch.einsum("ud,ucd->uc", user_rows, table[model.n_users + cands])
+    rank = (scores[:, 1:] > scores[:, :1]).sum(1)
+    alpha = model.config.graph_alpha
+    return {f"hr@{k}": float((rank < k).float().mean()), "chance": k / cands.shape[1],
+            "alpha_user_norm": float(alpha * table[1 : model.n_users + 1].norm(dim=1).mean()),
+            "alpha_item_norm": float(alpha * table[model.n_users + 1 :].norm(dim=1).mean()),
+            "token_norm": float(model.t5.shared.weight.norm(dim=1).mean())}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="checkpoint directories (e.g. RUN/best)")
@@ -95,10 +117,15 @@ def main(argv: list[str] | None = None) -> int:
             p.error(str(e))
         dep = user_dependence(rec, dataset, "valid", users=users)
         geometry = encoder_geometry(rec, dataset, users[: args.geometry_users])
-        report["checkpoints"][ck] = {"user_dependence": dep, "encoder": geometry, "seconds": time.time() - t0}
+        graph = graph_signal(rec, dataset, users)
+        report["checkpoints"][ck] = {"user_dependence": dep, "encoder": geometry, "graph_signal": graph,
+                                     "seconds": time.time() - t0}
         layers = " | ".join(f"{g['norm']:.0f} / {g['cosine']:.2f}" for g in geometry)
         print(f"{ck}: direct rank correlation {dep['direct_rank_correlation']:.5f}, sequential top-10 overlap "
-              f"{dep['sequential_top_overlap']:.4f}; encoder norm / position cosine by layer: {layers}", flush=True)
+              f"{dep['sequential_top_overlap']:.4f}; encoder norm / position cosine by layer: {layers}; graph "
+              f"table alone: direct HR@10 {graph['hr@10']:.3f} (chance {graph['chance']:.2f}), norms alpha*E "
+              f"user {graph['alpha_user_norm']:.1f} / item {graph['alpha_item_norm']:.1f} / token "
+              f"{graph['token_norm']:.1f}", flush=True)
     if args.output:
         atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")
     return 0

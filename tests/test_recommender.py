@@ -225,6 +225,27 @@ def test_diagnose_script_reports_user_dependence_and_encoder_geometry(trained_ch
     assert len(row["encoder"]) == n_layers + 2  # input, every block, the final layer norm
     # a model that reads its prompt keeps positions apart: far from the collapsed encoders (cosine ~0.9+)
     assert all(-1 <= g["cosine"] < 0.8 and g["norm"] > 0 for g in row["encoder"])
+    assert 0 <= row["graph_signal"]["hr@10"] <= 1 and row["graph_signal"]["token_norm"] > 0
+
+
+def test_graph_signal_finds_a_planted_table(trained_checkpoint, quick_dataset):
+    """The graph table alone ranks the target first when each user's row is its target's row, and
+    at chance level when the table is random."""
+    import torch
+
+    diagnose = _script("diagnose")
+    rec = Recommender.from_pretrained(trained_checkpoint)
+    model = rec.model
+    model.config.use_graph = False  # the table read is E0 itself
+    users = quick_dataset.users[:60]
+    with torch.no_grad():
+        model.graph_table.normal_(generator=torch.Generator().manual_seed(0))
+        chance = diagnose.graph_signal(rec, quick_dataset, users)
+        for u in users:
+            model.graph_table[u] = 10 * model.graph_table[model.n_users + quick_dataset.targets("valid")[u]]
+    planted = diagnose.graph_signal(rec, quick_dataset, users)
+    assert planted["hr@10"] == 1.0
+    assert abs(chance["hr@10"] - chance["chance"]) < 0.25
 
 
 def test_paired_comparison_by_hand_and_on_a_checkpoint(trained_checkpoint, quick_dir, tmp_path, capsys):
