@@ -28,7 +28,7 @@ from elmrec.config import load_config
 from elmrec.data import load_p5
 from elmrec.model import build_model
 from elmrec.recommender import Recommender
-from elmrec.runtime import machine_info, tune_allocator
+from elmrec.runtime import machine_info, tune_cpu
 from elmrec.tokenization import build_tokenizer
 from elmrec.training import forward_backward, make_batch
 
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     if set(args.tasks.split(",")) - {"sequential", "direct"}:
         p.error(f"--tasks: choose from sequential,direct, got {args.tasks!r}")
     torch.set_num_threads(args.threads)
-    tune_allocator()
+    tune_cpu()
     dataset = load_p5(args.data)
     results = {"data": args.data, "threads": args.threads, "machine": machine_info(),
                "python": sys.version.split()[0], "amp": args.amp, "argv": sys.argv[1:],

@@ -1,13 +1,15 @@
-"""Process settings: the allocator keeps freed blocks for speed, and gives them back on request."""
+"""Process settings: the allocator keeps freed blocks for speed and gives them back on request;
+denormal floats are flushed to zero."""
 
 from __future__ import annotations
 
+import platform
 import sys
 
 import pytest
 import torch
 
-from elmrec.runtime import release_free_memory, tune_allocator
+from elmrec.runtime import release_free_memory, tune_allocator, tune_cpu
 
 
 def _rss_mb() -> float:
@@ -26,3 +28,11 @@ def test_freed_memory_is_kept_and_released_on_request():
     assert kept - before > 400  # kept in the heap: no page faults when the next step asks again
     assert release_free_memory()
     assert kept - _rss_mb() > 400
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="flush-to-zero is an x86 setting")
+def test_tune_cpu_flushes_denormal_floats():
+    """Denormals (slow on x86) become zero; the smallest normal float32 survives."""
+    assert tune_cpu() or not sys.platform.startswith("linux")
+    assert torch.tensor([1e-39]).mul(1.0).item() == 0.0
+    assert torch.tensor([1.2e-38]).mul(1.0).item() > 0.0

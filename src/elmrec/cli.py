@@ -30,7 +30,7 @@ from .data import (
 )
 from .evaluation import DEFAULT_KS, Scorer, evaluate, evaluate_explanation, sample_users, user_dependence
 from .io import atomic_write_text
-from .runtime import tune_allocator
+from .runtime import tune_cpu
 from .synthetic import make_synthetic
 
 log = logging.getLogger("elmrec")
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    tune_allocator()
+    tune_cpu()
     try:
         return args.func(args)
     except (DataError, OSError, ValueError, KeyError, FloatingPointError) as e:

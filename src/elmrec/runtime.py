@@ -1,4 +1,4 @@
-"""Process-level settings: the device, and a glibc setting that makes CPU training 2x faster.
+"""Process-level settings: the device, and two CPU settings that keep training steps fast.
 
 T5's attention allocates (batch, heads, seq, seq) tensors of 100+ MB for direct prompts (100
 candidates). glibc serves such blocks with fresh mmap()s and returns them on free, so every step
@@ -6,6 +6,12 @@ page-faults hundreds of MB in again: 2x slower direct batches on this machine. K
 memory in the heap (no mmap, no trimming) removes that; the price is that peak memory is not
 returned to the OS until the process ends, unless ``release_free_memory`` asks for it (e.g.
 after training, before evaluating in the same process).
+
+Denormal floats (below 1.2e-38) take a slow microcode path on x86 CPUs. Softmax outputs of a
+trained model's attention fall there more and more as the attention sharpens: a tiny direct
+training step on a 16-epoch Beauty checkpoint ran 1.4-1.8x slower than with denormals flushed
+to zero, and the direct throughput of a 16-epoch run fell from 17 to 12 samples/s as it trained.
+``tune_cpu`` flushes them (what they would add to any sum is below float32 resolution).
 """
 
 from __future__ import annotations
@@ -34,6 +40,12 @@ def tune_allocator() -> bool:
         return False
     _done = ok
     return ok
+
+
+def tune_cpu() -> bool:
+    """``tune_allocator`` and flush-to-zero for denormal floats (x86 with SSE3; elsewhere a no-op).
+    Returns whether both took effect."""
+    return tune_allocator() & torch.set_flush_denormal(True)
 
 
 def release_free_memory() -> bool:

@@ -29,7 +29,7 @@ from .data import Dataset
 from .io import atomic_write_text
 from .model import ELMRec, build_model
 from .prompts import EVAL_TEMPLATE, TEMPLATES, render, target_text
-from .runtime import resolve_device, tune_allocator
+from .runtime import resolve_device, tune_cpu
 from .tokenization import build_tokenizer, encode_prompts, encode_targets
 
 BEST, LAST, STATE_FILE, LOG_FILE = "best", "last", "training_state.pt", "log.jsonl"
@@ -295,7 +295,7 @@ def train(
 
     ``validate(model, tokenizer) -> dict``, if given, is called after every epoch and its result
     (e.g. validation HR/NDCG) is logged; checkpoint selection stays on the validation loss."""
-    tune_allocator()
+    tune_cpu()
     out = Path(out_dir)
     if resume:
         last = out / LAST
