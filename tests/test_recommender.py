@@ -228,6 +228,17 @@ def test_diagnose_script_reports_user_dependence_and_encoder_geometry(trained_ch
     assert 0 <= row["graph_signal"]["hr@10"] <= 1 and row["graph_signal"]["token_norm"] > 0
 
 
+def test_denormals_script_times_both_settings_and_leaves_them_flushed(trained_checkpoint, quick_dir, tmp_path):
+    import torch
+
+    out = tmp_path / "d.json"
+    args = [str(trained_checkpoint), "--data", str(quick_dir), "--batch-size", "4", "--repeats", "1",
+            "--output", str(out)]
+    assert _script("denormals").main(args) == 0
+    assert set(json.loads(out.read_text())["seconds"]) == {"kept", "flushed", "kept again"}
+    assert torch.tensor([1e-39]).mul(1.0).item() == 0.0
+
+
 def test_graph_signal_finds_a_planted_table(trained_checkpoint, quick_dataset):
     """The graph table alone ranks the target first when each user's row is its target's row, and
     at chance level when the table is random."""

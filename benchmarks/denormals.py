@@ -1,0 +1,79 @@
+"""How much denormal floats slow a trained model's training step on this CPU.
+
+Times the forward and backward pass of one direct training batch, starting from a trained
+checkpoint, with denormals kept and with them flushed to zero (``elmrec.runtime.tune_cpu``),
+alternating kept / flushed / kept. Random weights do not show the effect: it grows as attention
+sharpens during training.
+
+    python benchmarks/denormals.py runs/beauty-d16/p5/elmrec/best --data ../shared/data/beauty
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+from elmrec import tasks as T
+from elmrec.config import load_config
+from elmrec.data import load_p5, reindex
+from elmrec.io import atomic_write_text
+from elmrec.model import ELMRec
+from elmrec.runtime import machine_info, tune_allocator
+from elmrec.training import forward_backward, make_batch
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a trained checkpoint directory (e.g. RUN/best)")
+    p.add_argument("--data", required=True, help="the P5 directory it was trained on")
+    p.add_argument("--reindex", choices=("p5", "random"), default="p5")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3, help="timed passes per setting (the fastest counts)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--output", help="JSON report")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tune_allocator()
+    dataset = load_p5(args.data)
+    if args.reindex == "random":
+        dataset = reindex(dataset, "random", seed=0)
+    try:
+        model, tokenizer = ELMRec.from_pretrained(args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        p.error(str(e))
+    model.train()
+    cfg = load_config(overrides={"batch_size": args.batch_size})
+    rng = np.random.default_rng(0)
+    samples = T.direct_train_samples(dataset, rng.choice(dataset.users, args.batch_size), rng, cfg.train.n_negatives)
+    batch = make_batch(samples, rng.integers(4, size=len(samples)).tolist(), tokenizer, dataset.n_users, cfg,
+                       torch.device("cpu"))
+    seconds = {}
+    try:
+        for label, flush in (("kept", False), ("flushed", True), ("kept again", False)):
+            torch.set_flush_denormal(flush)
+            forward_backward(model, batch)  # untimed: the first pass after a switch
+            times = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                forward_backward(model, batch)
+                times.append(time.perf_counter() - t0)
+            seconds[label] = min(times)
+            print(f"denormals {label:10s}: {seconds[label]:.2f} s per direct batch of {args.batch_size}", flush=True)
+    finally:
+        torch.set_flush_denormal(True)
+    print(f"flushing is {min(seconds['kept'], seconds['kept again']) / seconds['flushed']:.2f}x faster")
+    if args.output:
+        report = {"checkpoint": args.checkpoint, "seconds": seconds, "batch_size": args.batch_size,
+                  "machine": machine_info(), "argv": sys.argv[1:] if argv is None else argv,
+                  "date": time.strftime("%Y-%m-%d %H:%M")}
+        atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
