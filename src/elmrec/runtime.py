@@ -9,8 +9,8 @@ after training, before evaluating in the same process).
 
 Denormal floats (below 1.2e-38) take a slow microcode path on x86 CPUs. Softmax outputs of a
 trained model's attention fall there more and more as the attention sharpens: a tiny direct
-training step on a 16-epoch Beauty checkpoint ran 1.4-1.8x slower than with denormals flushed
-to zero, and the direct throughput of a 16-epoch run fell from 17 to 12 samples/s as it trained.
+training step on trained Beauty checkpoints ran 1.3-2.9x slower than with denormals flushed to
+zero, and the direct throughput of a run fell from 21 to 7.7 samples/s in 14 epochs.
 ``tune_cpu`` flushes them (what they would add to any sum is below float32 resolution).
 """
 
