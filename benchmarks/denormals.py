@@ -20,9 +20,9 @@ import torch
 
 from elmrec import tasks as T
 from elmrec.config import load_config
-from elmrec.data import load_p5, reindex
+from elmrec.data import DataError, load_p5, reindex
 from elmrec.io import atomic_write_text
-from elmrec.model import ELMRec
+from elmrec.recommender import Recommender
 from elmrec.runtime import machine_info, tune_allocator
 from elmrec.training import forward_backward, make_batch
 
@@ -39,13 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     tune_allocator()
-    dataset = load_p5(args.data)
+    try:
+        dataset = load_p5(args.data)
+    except DataError as e:
+        p.error(str(e))
     if args.reindex == "random":
         dataset = reindex(dataset, "random", seed=0)
     try:
-        model, tokenizer = ELMRec.from_pretrained(args.checkpoint)
+        rec = Recommender.from_pretrained(args.checkpoint, device="cpu")
+        rec.check_dataset(dataset.fingerprint())  # e.g. a --reindex other than the training one
     except (FileNotFoundError, ValueError) as e:
         p.error(str(e))
+    model, tokenizer = rec.model, rec.tokenizer
     model.train()
     cfg = load_config(overrides={"batch_size": args.batch_size})
     rng = np.random.default_rng(0)

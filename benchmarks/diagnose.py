@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from elmrec.data import load_p5, reindex
+from elmrec.data import DataError, load_p5, reindex
 from elmrec.evaluation import sample_users, user_dependence
 from elmrec.io import atomic_write_text
 from elmrec.prompts import EVAL_TEMPLATE, render
@@ -101,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", help="JSON report")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    dataset = load_p5(args.data)
+    try:
+        dataset = load_p5(args.data)
+    except DataError as e:
+        p.error(str(e))
     if args.reindex == "random":
         dataset = reindex(dataset, "random", seed=0)
     users = sample_users(dataset, args.users, seed=1)  # the benchmark's probe users

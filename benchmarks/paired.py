@@ -21,7 +21,7 @@ import torch
 from scipy.stats import binomtest
 
 from elmrec.baselines import BASELINES
-from elmrec.data import load_p5, reindex
+from elmrec.data import DataError, load_p5, reindex
 from elmrec.evaluation import evaluate, sample_users
 from elmrec.io import atomic_write_text
 from elmrec.recommender import Recommender
@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
     torch.set_num_threads(args.threads)
-    dataset = load_p5(args.data)
+    try:
+        dataset = load_p5(args.data)
+    except DataError as e:
+        p.error(str(e))
     if args.reindex == "random":
         dataset = reindex(dataset, "random", seed=0)
     users = sample_users(dataset, args.eval_users, seed=0)  # the benchmark's test users

@@ -280,3 +280,15 @@ def test_paired_comparison_by_hand_and_on_a_checkpoint(trained_checkpoint, quick
     with pytest.raises(SystemExit):
         paired.main([str(tmp_path / "nowhere"), "--data", str(quick_dir)])
     assert "not an elmrec checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["diagnose", "paired", "denormals"])
+def test_scripts_refuse_bad_data_and_a_checkpoint_of_other_data(name, trained_checkpoint, quick_dir, tmp_path, capsys):
+    """A usage error naming the problem, not a traceback (or silently wrong ids)."""
+    script = _script(name)
+    with pytest.raises(SystemExit):
+        script.main([str(trained_checkpoint), "--data", str(tmp_path / "nowhere")])
+    assert "not a directory; expected a P5-format dataset directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the seeded re-indexed copy is another dataset
+        script.main([str(trained_checkpoint), "--data", str(quick_dir), "--reindex", "random"])
+    assert "was trained on dataset" in capsys.readouterr().err
