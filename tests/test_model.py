@@ -107,6 +107,18 @@ def test_propagation_equals_dense_reference():
     # node 0 (padding) is isolated: only its own feature survives, averaged over L + 1 terms
     np.testing.assert_array_equal(adj.toarray()[0], 0)
     torch.testing.assert_close(out[0], x[0].detach() / (layers + 1))
+    # the self-weight departure: (w E0 + A E0 + ... + A^L E0) / (w + L), same gradient operator
+    for w in (0.0, 0.25):
+        propagated = sum(torch.linalg.matrix_power(dense, k) for k in range(1, layers + 1))
+        weighted = (w * torch.eye(8) + propagated) / (layers + w)
+        x.grad = None
+        out = lightgcn(adj, x, layers, self_weight=w)
+        torch.testing.assert_close(out, weighted @ x.detach(), atol=1e-5, rtol=1e-5)
+        (out * grad).sum().backward()
+        torch.testing.assert_close(x.grad, weighted.T @ grad, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lightgcn(to_torch_sparse(adj, "cpu", torch.float64), x.detach().double(), layers,
+                                            self_weight=w).float(), out.detach(), atol=1e-5, rtol=1e-5)
+    assert out[0].abs().sum() > 0 and lightgcn(adj, x, layers, self_weight=0.0)[0].abs().sum() == 0
 
 
 def test_graph_holds_no_validation_or_test_interaction():

@@ -143,7 +143,8 @@ def test_tiny_model_learns_within_a_minute(tmp_path, synthetic_dataset):
 
 def test_settings_that_cannot_work_are_refused():
     for bad in ({"max_history": 0}, {"top_n": -1}, {"eval_batch_size": 0}, {"budget_minutes": 0},
-                {"valid_users": 0}, {"n_positions": 10, "max_history": 20}):
+                {"valid_users": 0}, {"n_positions": 10, "max_history": 20}, {"graph_self_weight": -1},
+                {"graph_self_weight": 0, "graph_layers": 0}):
         with pytest.raises(ValueError, match="invalid configuration"):
             load_config(overrides=bad)
 

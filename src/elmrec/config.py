@@ -28,6 +28,9 @@ class ModelConfig:
     graph_alpha: float = 9.0  # scale of graph-aware whole-word embeddings (direct, explanation)
     graph_sigma: float = 6.0  # std of the random node features E0
     graph_layers: int = 4  # LightGCN propagation depth L
+    # weight w of E0 in the layer mean (w E0 + A E0 + ... + A^L E0) / (w + L): 1 is the paper's
+    # LightGCN mean; w < 1 (e.g. 0) departs from it so that the graph, not the random row, dominates
+    graph_self_weight: float = 1.0
     seq_alpha: float = 6.0  # scale of incremental whole-word embeddings (sequential)
     seq_sigma: float = 6.0
     n_positions: int = 512  # rows of the incremental table
@@ -158,6 +161,8 @@ def _validate(data: dict) -> Config:
         problems.append("train.budget_minutes must be > 0 (or unset)")
     if cfg.eval.extra_candidates < 0 or cfg.model.graph_layers < 0:
         problems.append("eval.extra_candidates and model.graph_layers must be >= 0")
+    if cfg.model.graph_self_weight < 0 or cfg.model.graph_self_weight + cfg.model.graph_layers == 0:
+        problems.append("model.graph_self_weight must be >= 0, and > 0 when model.graph_layers is 0")
     if cfg.model.n_positions < cfg.train.max_history + 2:
         problems.append(f"model.n_positions must be >= train.max_history + 2 = {cfg.train.max_history + 2}")
     if cfg.preset is not None and cfg.preset not in PRESETS:

@@ -28,30 +28,30 @@ def normalized_adjacency(n_users: int, n_items: int, users: np.ndarray, items: n
     return sp.csr_matrix((values, (rows, cols)), shape=(n, n))
 
 
-def _propagate_numpy(adjacency: sp.csr_matrix, x: np.ndarray, layers: int) -> np.ndarray:
-    out = x.copy()
+def _propagate_numpy(adjacency: sp.csr_matrix, x: np.ndarray, layers: int, self_weight: float) -> np.ndarray:
+    out = x * np.float32(self_weight)
     h = x
     for _ in range(layers):
         h = adjacency @ h
         out += h
-    out *= 1.0 / (layers + 1)
+    out *= 1.0 / (layers + self_weight)
     return out
 
 
 class _LightGCN(torch.autograd.Function):
-    """E = P E0 with P = mean(I, A, ..., A^L) on the CPU. A is symmetric, so P is too and the
+    """E = P E0 with P = (wI + A + ... + A^L) / (w + L) on the CPU. A is symmetric, so P is too and the
     gradient is P G: the same propagation. SciPy's CSR product is 2-4x faster than torch's CPU
     sparse kernels, and this runs in every direct/explanation training step."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, adjacency: sp.csr_matrix, layers: int) -> torch.Tensor:
-        ctx.adjacency, ctx.layers = adjacency, layers
-        return torch.from_numpy(_propagate_numpy(adjacency, x.detach().numpy(), layers))
+    def forward(ctx, x: torch.Tensor, adjacency: sp.csr_matrix, layers: int, self_weight: float) -> torch.Tensor:
+        ctx.adjacency, ctx.layers, ctx.self_weight = adjacency, layers, self_weight
+        return torch.from_numpy(_propagate_numpy(adjacency, x.detach().numpy(), layers, self_weight))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        g = _propagate_numpy(ctx.adjacency, grad.contiguous().numpy(), ctx.layers)
-        return torch.from_numpy(g), None, None
+        g = _propagate_numpy(ctx.adjacency, grad.contiguous().numpy(), ctx.layers, ctx.self_weight)
+        return torch.from_numpy(g), None, None, None
 
 
 def to_torch_sparse(adjacency: sp.csr_matrix, device, dtype) -> torch.Tensor:
@@ -63,17 +63,22 @@ def to_torch_sparse(adjacency: sp.csr_matrix, device, dtype) -> torch.Tensor:
     ).coalesce()
 
 
-def lightgcn(adjacency: sp.csr_matrix | torch.Tensor, features: torch.Tensor, layers: int) -> torch.Tensor:
+def lightgcn(
+    adjacency: sp.csr_matrix | torch.Tensor, features: torch.Tensor, layers: int, self_weight: float = 1.0
+) -> torch.Tensor:
     """mean(E0, A_hat E0, ..., A_hat^L E0): no weights, no non-linearity; differentiable in E0.
 
-    ``adjacency`` is the SciPy matrix (CPU, float32: the fast path) or a torch sparse tensor on
-    the features' device (see :func:`to_torch_sparse`)."""
+    ``self_weight`` w weighs the E0 term: (w E0 + A_hat E0 + ... + A_hat^L E0) / (w + L). w = 1 is
+    LightGCN's mean (the paper). With random E0, a node's own row dominates that mean (its norm
+    is several times the propagated layers'), so w < 1 is offered as a departure that lets the
+    graph speak louder. ``adjacency`` is the SciPy matrix (CPU, float32: the fast path) or a torch
+    sparse tensor on the features' device (see :func:`to_torch_sparse`)."""
     if isinstance(adjacency, sp.spmatrix):
         if features.device.type == "cpu" and features.dtype == torch.float32:
-            return _LightGCN.apply(features, adjacency, layers)
+            return _LightGCN.apply(features, adjacency, layers, self_weight)
         adjacency = to_torch_sparse(adjacency, features.device, features.dtype)
-    out = h = features
+    out, h = features * self_weight, features
     for _ in range(layers):
         h = torch.sparse.mm(adjacency, h)
         out = out + h
-    return out / (layers + 1)
+    return out / (layers + self_weight)

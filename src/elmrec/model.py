@@ -137,11 +137,11 @@ class ELMRec(nn.Module):
             return self.graph_table
         table = self.graph_table
         if table.device.type == "cpu" and table.dtype == torch.float32:
-            return lightgcn(self.adjacency, table, self.config.graph_layers)
+            return lightgcn(self.adjacency, table, self.config.graph_layers, self.config.graph_self_weight)
         key = (table.device, table.dtype)  # GPU: copy the adjacency to the device once, not every step
         if self._torch_adjacency is None or self._torch_adjacency[0] != key:
             self._torch_adjacency = (key, to_torch_sparse(self.adjacency, table.device, table.dtype))
-        return lightgcn(self._torch_adjacency[1], table, self.config.graph_layers)
+        return lightgcn(self._torch_adjacency[1], table, self.config.graph_layers, self.config.graph_self_weight)
 
     def train(self, mode: bool = True):
         self._graph_cache = None  # parameters are about to change
