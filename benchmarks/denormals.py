@@ -11,45 +11,29 @@ sharpens during training.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import numpy as np
 import torch
+from checkpoint_args import add_common_args, load_checkpoint, load_data, write_report
 
 from elmrec import tasks as T
 from elmrec.config import load_config
-from elmrec.data import DataError, load_p5, reindex
-from elmrec.io import atomic_write_text
-from elmrec.recommender import Recommender
-from elmrec.runtime import machine_info, tune_allocator
+from elmrec.runtime import tune_allocator
 from elmrec.training import forward_backward, make_batch
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a trained checkpoint directory (e.g. RUN/best)")
-    p.add_argument("--data", required=True, help="the P5 directory it was trained on")
-    p.add_argument("--reindex", choices=("p5", "random"), default="p5")
+    add_common_args(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3, help="timed passes per setting (the fastest counts)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--output", help="JSON report")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     tune_allocator()
-    try:
-        dataset = load_p5(args.data)
-    except DataError as e:
-        p.error(str(e))
-    if args.reindex == "random":
-        dataset = reindex(dataset, "random", seed=0)
-    try:
-        rec = Recommender.from_pretrained(args.checkpoint, device="cpu")
-        rec.check_dataset(dataset.fingerprint())  # e.g. a --reindex other than the training one
-    except (FileNotFoundError, ValueError) as e:
-        p.error(str(e))
+    dataset = load_data(p, args)
+    rec = load_checkpoint(p, args.checkpoint, dataset)
     model, tokenizer = rec.model, rec.tokenizer
     model.train()
     cfg = load_config(overrides={"batch_size": args.batch_size})
@@ -72,11 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         torch.set_flush_denormal(True)
     print(f"flushing is {min(seconds['kept'], seconds['kept again']) / seconds['flushed']:.2f}x faster")
-    if args.output:
-        report = {"checkpoint": args.checkpoint, "seconds": seconds, "batch_size": args.batch_size,
-                  "machine": machine_info(), "argv": sys.argv[1:] if argv is None else argv,
-                  "date": time.strftime("%Y-%m-%d %H:%M")}
-        atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")
+    write_report(args.output, {"checkpoint": args.checkpoint, "seconds": seconds, "batch_size": args.batch_size},
+                 argv)
     return 0
 
 

@@ -15,19 +15,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import numpy as np
 import torch
+from checkpoint_args import add_common_args, load_checkpoint, load_data, write_report
 
-from elmrec.data import DataError, load_p5, reindex
 from elmrec.evaluation import sample_users, user_dependence
-from elmrec.io import atomic_write_text
 from elmrec.prompts import EVAL_TEMPLATE, render
 from elmrec.recommender import Recommender
-from elmrec.runtime import machine_info
 from elmrec.tasks import direct_eval_samples
 from elmrec.tokenization import encode_prompts
 
@@ -92,32 +89,16 @@ def graph_signal(rec: Recommender, dataset, users: np.ndarray, k: int = 10) -> d
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="checkpoint directories (e.g. RUN/best)")
-    p.add_argument("--data", required=True, help="the P5 directory the checkpoints were trained on")
-    p.add_argument("--reindex", choices=("p5", "random"), default="p5",
-                   help="random: the benchmark's seeded re-indexed copy (beauty_cpu.py --reindex random)")
+    add_common_args(p)
     p.add_argument("--users", type=int, default=500, help="validation users for user dependence")
     p.add_argument("--geometry-users", type=int, default=8, help="direct prompts for the encoder check")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--output", help="JSON report")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    try:
-        dataset = load_p5(args.data)
-    except DataError as e:
-        p.error(str(e))
-    if args.reindex == "random":
-        dataset = reindex(dataset, "random", seed=0)
+    dataset = load_data(p, args)
     users = sample_users(dataset, args.users, seed=1)  # the benchmark's probe users
-    report = {"data": args.data, "reindex": args.reindex, "machine": machine_info(),
-              "argv": sys.argv[1:] if argv is None else argv, "date": time.strftime("%Y-%m-%d %H:%M"),
-              "checkpoints": {}}
+    report = {"data": args.data, "reindex": args.reindex, "checkpoints": {}}
     for ck in args.checkpoints:
         t0 = time.time()
-        try:
-            rec = Recommender.from_pretrained(ck, device="cpu")
-            rec.check_dataset(dataset.fingerprint())  # e.g. a --reindex other than the training one
-        except (FileNotFoundError, ValueError) as e:
-            p.error(str(e))
+        rec = load_checkpoint(p, ck, dataset)
         dep = user_dependence(rec, dataset, "valid", users=users)
         geometry = encoder_geometry(rec, dataset, users[: args.geometry_users])
         graph = graph_signal(rec, dataset, users)
@@ -129,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
               f"table alone: direct HR@10 {graph['hr@10']:.3f} (chance {graph['chance']:.2f}), norms alpha*E "
               f"user {graph['alpha_user_norm']:.1f} / item {graph['alpha_item_norm']:.1f} / token "
               f"{graph['token_norm']:.1f}", flush=True)
-    if args.output:
-        atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")
+    write_report(args.output, report, argv)
     return 0
 
 
