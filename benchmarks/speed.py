@@ -26,6 +26,7 @@ import torch
 from elmrec import tasks as T
 from elmrec.config import load_config
 from elmrec.data import load_p5
+from elmrec.io import atomic_write_text
 from elmrec.model import build_model
 from elmrec.recommender import Recommender
 from elmrec.runtime import machine_info, tune_cpu
@@ -81,8 +82,8 @@ def train_speed(dataset, size: str, batches: int, batch_size: int, micro: int | 
     return out
 
 
-def eval_speed(dataset, size: str, users: int, tmp: Path, direct_decode: str) -> dict:
-    cfg = load_config(preset="beauty", overrides={"size": size, "direct_decode": direct_decode})
+def eval_speed(dataset, size: str, users: int, direct_decode: str, amp: bool = False) -> dict:
+    cfg = load_config(preset="beauty", overrides={"size": size, "direct_decode": direct_decode, "eval_amp": amp})
     tok = build_tokenizer()
     model = build_model(cfg.model, dataset.n_users, dataset.n_items, *dataset.train_pairs(), len(tok), 0)
     model.eval()
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--direct-decode", default="score", choices=("score", "beam"))
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-eval", action="store_true")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast in training (--amp); evaluation stays fp32")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast in training (--amp) and evaluation (--eval-amp)")
     p.add_argument("--output")
     args = p.parse_args(argv)
     if args.micro_batch_size is not None and args.micro_batch_size < 1:
@@ -141,12 +142,12 @@ def main(argv=None) -> int:
             r["train"] = train_speed(dataset, size, args.batches, args.batch_size, args.micro_batch_size,
                                      args.tasks.split(","), args.warmup, args.amp)
         if not args.skip_eval:
-            r["eval"] = eval_speed(dataset, size, args.eval_users, Path("/tmp"), args.direct_decode)
+            r["eval"] = eval_speed(dataset, size, args.eval_users, args.direct_decode, args.amp)
         r["peak_rss_gb_so_far"] = peak_rss_gb()
         results["sizes"][size] = r
         print(f"  peak RSS so far {r['peak_rss_gb_so_far']:.2f} GB", flush=True)
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_text(args.output, json.dumps(results, indent=2) + "\n")
     return 0
 
 

@@ -277,7 +277,7 @@ def test_in_place_attention_matches_transformers_eager_attention(tokenizer):
         with torch.no_grad():
             hidden, mask = model.encode(DIRECT, **batch)
             out = model.decode(hidden, mask, torch.zeros(2, 1, dtype=torch.long), use_cache=True)
-            step = model.decode(hidden, mask, torch.full((2, 1), 5), cache=out.past_key_values, use_cache=True)
+            step = model.decode(hidden, mask, torch.full((2, 1), 5), cache=out.cache, use_cache=True)
             full = model.decode(hidden, mask, torch.tensor([[0, 5], [0, 5]]))
         results[impl] = (loss.detach(), bias.clone(), model.graph_table.grad.clone(), step.logits[:, -1],
                          full.logits[:, -1])

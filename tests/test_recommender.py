@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from elmrec.baselines import PopularityScorer
 from elmrec.cli import main
@@ -94,6 +95,35 @@ def test_checkpoint_refuses_another_dataset(rec):
     other = Dataset.from_histories([[1, 2, 3]] * 3, n_items=3)
     with pytest.raises(ValueError, match="trained on dataset"):
         rec.check_dataset(other.fingerprint())
+
+
+def test_bf16_evaluation_keeps_fp32_heads_and_nearly_the_same_rankings(trained_checkpoint, quick_dataset, quick_dir,
+                                                                        tmp_path):
+    """eval_amp runs encoder and decoder in bf16 but the vocabulary head in fp32: the scores stay
+    fp32 (no ties from bf16 rounding) and the rankings agree with fp32 evaluation."""
+    fp32 = Recommender.from_pretrained(trained_checkpoint, device="cpu")
+    bf16 = Recommender.from_pretrained(trained_checkpoint, device="cpu", eval_amp=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        states = torch.randn(2, 3, bf16.model.t5.config.d_model)
+        assert (bf16.model.t5.lm_head(states).dtype, bf16.model.vocabulary_logits(states).dtype) == (
+            torch.bfloat16, torch.float32)
+    users = quick_dataset.users[:24]
+    hist = [quick_dataset.split_history(int(u), "test") for u in users]
+    cands = np.concatenate([quick_dataset.targets("test")[users][:, None], quick_dataset.negatives[users]], 1)
+    a, b = fp32.score_candidates(users, hist, cands), bf16.score_candidates(users, hist, cands)
+    assert not np.array_equal(a, b)  # bf16 really ran
+    assert np.abs(a - b).max() < 0.5
+    assert all(len(np.unique(row)) == len(row) for row in b)  # no bf16 ties among the candidates
+    rank_a, rank_b = (np.argsort(-x, 1).argsort(1)[:, 0] for x in (a, b))
+    assert np.abs(rank_a - rank_b).max() <= 2
+    seq_a, seq_b = fp32.generate_sequential(users, hist)[0], bf16.generate_sequential(users, hist)[0]
+    assert np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(seq_a, seq_b)]) > 0.9
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--checkpoint", str(trained_checkpoint), "--data", str(quick_dir), "--task", "direct",
+                 "--split", "test", "--amp", "--no-progress", "--output", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["extra"]["eval_amp"] is True
+    assert record["metrics"] == pytest.approx(evaluate(bf16, quick_dataset, "direct", "test", progress=False).metrics)
 
 
 def test_direct_beam_decoding_returns_only_candidates(trained_checkpoint, quick_dataset):

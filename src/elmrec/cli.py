@@ -127,6 +127,7 @@ def _load_recommender(args: argparse.Namespace):
         "beams": getattr(args, "beams", None), "top_n": getattr(args, "top_n", None),
         "extra_candidates": getattr(args, "extra_candidates", None), "rerank": getattr(args, "rerank", None),
         "direct_decode": getattr(args, "decode", None), "eval_batch_size": getattr(args, "eval_batch_size", None),
+        "eval_amp": getattr(args, "amp", None),
     }
     if getattr(args, "threads", None):
         import torch
@@ -260,6 +261,8 @@ def _generation_arguments(p: argparse.ArgumentParser) -> None:
                    help="drop already-interacted items from the generated list")
     g.add_argument("--decode", choices=("score", "beam"), help="direct: exact scoring or beam search")
     g.add_argument("--eval-batch-size", type=int)
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (GPU, or a CPU with AMX); the vocabulary head and scores stay fp32")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda")
     g.add_argument("--threads", type=_positive, help="CPU threads (default: torch's, one per core)")
 

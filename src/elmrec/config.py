@@ -86,6 +86,9 @@ class EvalConfig:
     direct_beams: int = 20
     explanation_beams: int = 4
     eval_batch_size: int = 16
+    # bf16 autocast for evaluation and recommendations (GPU, or a CPU with AMX / avx512_bf16); the
+    # vocabulary head and all scores stay fp32
+    eval_amp: bool = False
 
 
 @dataclass

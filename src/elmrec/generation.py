@@ -154,9 +154,19 @@ def candidate_log_likelihood(
         input_ids=inputs.view(B, C * L), attention_mask=block_mask[None, None],
         encoder_hidden_states=hidden, encoder_attention_mask=mask, use_cache=False,
     ).last_hidden_state
-    if getattr(t5.config, "scale_decoder_outputs", t5.config.tie_word_embeddings):  # as T5's own forward
-        states = states * t5.model_dim**-0.5
-    states = states.float().view(B * C, L, -1)
+    return _candidate_head(model, states.view(B * C, L, -1), inputs, candidate_tokens)
+
+
+def _candidate_head(model: ELMRec, states: torch.Tensor, inputs: torch.Tensor, candidate_tokens: torch.Tensor):
+    """The vocabulary head of candidate_log_likelihood, in fp32 also under autocast (see
+    ELMRec.vocabulary_logits): 100 candidates' scores must not tie at bf16 resolution."""
+    with torch.autocast(states.device.type, enabled=False):
+        return _candidate_scores(model, model.head_states(states), inputs, candidate_tokens)
+
+
+def _candidate_scores(model: ELMRec, states: torch.Tensor, inputs: torch.Tensor, candidate_tokens: torch.Tensor):
+    B, C, L = candidate_tokens.shape
+    t5, dev = model.t5, states.device
     weight = t5.lm_head.weight.float()
     target = candidate_tokens.reshape(B * C, L)
     real = target != t5.config.pad_token_id

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,12 @@ T5_SIZES = {
     "small": dict(d_model=512, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8, d_kv=64),
 }
 CONFIG_FILE, WEIGHTS_FILE, GRAPH_FILE = "elmrec_config.json", "model.safetensors", "graph.safetensors"
+
+
+@dataclass
+class DecoderOutput:
+    logits: torch.Tensor  # (B, T, vocabulary), fp32
+    cache: object  # transformers' EncoderDecoderCache, for the next step
 
 
 def build_backbone(config: ModelConfig, vocab_size: int, seed: int) -> T5ForConditionalGeneration:
@@ -175,12 +181,26 @@ class ELMRec(nn.Module):
     def decode(
         self, encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor, decoder_input_ids: torch.Tensor,
         cache=None, use_cache: bool = False,
-    ):
-        """Decoder logits; the encoder mask is passed so cross-attention never looks at padding."""
-        return self.t5(
-            encoder_outputs=(encoder_hidden,), attention_mask=encoder_mask,
-            decoder_input_ids=decoder_input_ids, cache=cache, use_cache=use_cache,
+    ) -> DecoderOutput:
+        """Decoder logits and cache; the encoder mask is passed so cross-attention never looks at
+        padding."""
+        out = self.t5.decoder(
+            input_ids=decoder_input_ids, cache=cache, encoder_hidden_states=encoder_hidden,
+            encoder_attention_mask=encoder_mask, use_cache=use_cache,
         )
+        return DecoderOutput(self.vocabulary_logits(out.last_hidden_state), out.cache)
+
+    def head_states(self, states: torch.Tensor) -> torch.Tensor:
+        """Decoder states as T5's vocabulary head sees them (scaled when embeddings are tied), fp32."""
+        if getattr(self.t5.config, "scale_decoder_outputs", self.t5.config.tie_word_embeddings):
+            states = states * self.t5.model_dim**-0.5
+        return states.float()
+
+    def vocabulary_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """The vocabulary head in fp32, also under bf16 autocast: beam scores add log-probabilities
+        of ids that differ by less than bf16 resolves (8-bit mantissa: 0.125 at a logit of 20)."""
+        with torch.autocast(states.device.type, enabled=False):
+            return F.linear(self.head_states(states), self.t5.lm_head.weight.float())
 
     def forward(
         self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, whole_word: torch.Tensor,

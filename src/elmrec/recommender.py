@@ -118,6 +118,10 @@ class Recommender:
         with torch.no_grad():
             return self.model.encode(samples[0].task, **batch)
 
+    def _autocast(self):
+        """bf16 autocast of ``eval_amp`` around the encoder and decoder (the head stays fp32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.eval.eval_amp)
+
     def _batches(self, n: int):
         bs = self.eval.eval_batch_size
         return [slice(k, min(k + bs, n)) for k in range(0, n, bs)]
@@ -130,7 +134,7 @@ class Recommender:
         s = dict(self._stats)
         s["invalid_share"] = s["invalid"] / s["generated"] if s["generated"] else 0.0
         s.update(beams=self.eval.beams, top_n=self.eval.top_n, extra_candidates=self.eval.extra_candidates,
-                 rerank=self.eval.rerank, direct_decode=self.eval.direct_decode)
+                 rerank=self.eval.rerank, direct_decode=self.eval.direct_decode, eval_amp=self.eval.eval_amp)
         return s
 
     # --- sequential ---------------------------------------------------------------------------
@@ -161,9 +165,10 @@ class Recommender:
         items, scores = [], []
         trie = self.trie()
         for sl in self._batches(len(samples)):
-            hidden, mask = self._encode(samples[sl])
-            roots = trie.roots[torch.zeros(hidden.shape[0], dtype=torch.long, device=self.device)]
-            it, sc = beam_search(self.model, hidden, mask, trie, roots, beams, n_gen)
+            with self._autocast():
+                hidden, mask = self._encode(samples[sl])
+                roots = trie.roots[torch.zeros(hidden.shape[0], dtype=torch.long, device=self.device)]
+                it, sc = beam_search(self.model, hidden, mask, trie, roots, beams, n_gen)
             items.append(it.cpu().numpy())
             scores.append(sc.cpu().numpy())
         items, scores = np.concatenate(items), np.concatenate(scores)
@@ -190,21 +195,27 @@ class Recommender:
         samples = [Sample(DIRECT, int(u), tuple(int(i) for i in c), 0) for u, c in zip(users, shown)]
         out = np.empty(candidates.shape)
         for sl in self._batches(len(samples)):
-            hidden, mask = self._encode(samples[sl])
-            if self.eval.direct_decode == "score":
-                ll = candidate_log_likelihood(self.model, hidden, mask,
-                                              candidate_tokens(self.tokenizer, candidates[sl], self.device))
-                out[sl] = ll.cpu().numpy()
-            else:
-                trie = build_trie(self.tokenizer, list(candidates[sl])).to(self.device)
-                it, sc = beam_search(self.model, hidden, mask, trie, trie.roots, self.eval.direct_beams,
-                                     self.eval.top_n)
-                it, sc = it.cpu().numpy(), sc.cpu().numpy()
-                for r, row in enumerate(candidates[sl]):
-                    found = dict(zip(it[r].tolist(), sc[r].tolist()))
-                    out[sl.start + r] = [found.get(int(c), -np.inf) for c in row]
-                self._stats["generated"] += int((sc > -np.inf).sum())
+            with self._autocast():
+                hidden, mask = self._encode(samples[sl])
+                if self.eval.direct_decode == "score":
+                    tokens = candidate_tokens(self.tokenizer, candidates[sl], self.device)
+                    out[sl] = candidate_log_likelihood(self.model, hidden, mask, tokens).cpu().numpy()
+                else:
+                    out[sl] = self._beam_scores(hidden, mask, candidates[sl])
         self._stats["users"] += len(users)
+        return out
+
+    def _beam_scores(self, hidden: torch.Tensor, mask: torch.Tensor, candidates: np.ndarray) -> np.ndarray:
+        """The paper's direct decoding: beam search over the candidates' trie; the candidates it
+        does not return get -inf."""
+        trie = build_trie(self.tokenizer, list(candidates)).to(self.device)
+        it, sc = beam_search(self.model, hidden, mask, trie, trie.roots, self.eval.direct_beams, self.eval.top_n)
+        it, sc = it.cpu().numpy(), sc.cpu().numpy()
+        self._stats["generated"] += int((sc > -np.inf).sum())
+        out = np.full(candidates.shape, -np.inf)
+        for r, row in enumerate(candidates):
+            found = dict(zip(it[r].tolist(), sc[r].tolist()))
+            out[r] = [found.get(int(c), -np.inf) for c in row]
         return out
 
     # --- for people -------------------------------------------------------------------------------
