@@ -169,7 +169,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"user dependence ({dependence['split']}, {dependence['users']} users; 1.0 = ignores the user): "
               f"direct rank correlation {dependence.get('direct_rank_correlation', float('nan')):.4f}, "
               f"sequential top-10 overlap {dependence['sequential_top_overlap']:.4f}")
-    shown = ("beams", "top_n", "extra_candidates", "rerank", "direct_decode", "invalid_share", "dropped_by_rerank")
+    shown = ("beams", "top_n", "extra_candidates", "rerank", "direct_decode", "eval_amp", "invalid_share",
+             "dropped_by_rerank")
     settings = {k: result.extra[k] for k in shown if k in result.extra}
     if settings:
         print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items())
