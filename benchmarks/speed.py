@@ -122,7 +122,8 @@ def main(argv=None) -> int:
     p.add_argument("--direct-decode", default="score", choices=("score", "beam"))
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-eval", action="store_true")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast in training (--amp) and evaluation (--eval-amp)")
+    p.add_argument("--amp", action="store_true",
+                   help="bf16 autocast in training (train.amp) and evaluation (eval.eval_amp)")
     p.add_argument("--output")
     args = p.parse_args(argv)
     if args.micro_batch_size is not None and args.micro_batch_size < 1:

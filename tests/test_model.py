@@ -119,6 +119,10 @@ def test_propagation_equals_dense_reference():
         torch.testing.assert_close(lightgcn(to_torch_sparse(adj, "cpu", torch.float64), x.detach().double(), layers,
                                             self_weight=w).float(), out.detach(), atol=1e-5, rtol=1e-5)
     assert out[0].abs().sum() > 0 and lightgcn(adj, x, layers, self_weight=0.0)[0].abs().sum() == 0
+    # the model passes its config's weight on: without the E0 term the isolated padding row is 0
+    model = build_model(ModelConfig(size="tiny", graph_self_weight=0.0), 3, 4, users, items, 400, 0)
+    assert model._propagate()[0].abs().sum() == 0
+    assert build_model(ModelConfig(size="tiny"), 3, 4, users, items, 400, 0)._propagate()[0].abs().sum() > 0
 
 
 def test_graph_holds_no_validation_or_test_interaction():

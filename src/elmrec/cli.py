@@ -145,6 +145,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ValueError("explanation generation needs a trained --checkpoint, not a baseline")
         result = evaluate_explanation(scorer.explain_batch, dataset, args.split, limit=args.users,
                                       batch_size=scorer.eval.eval_batch_size, progress=not args.no_progress)
+        result.extra["eval_amp"] = scorer.eval.eval_amp
     else:
         result = evaluate(
             scorer,

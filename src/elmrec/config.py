@@ -165,7 +165,8 @@ def _validate(data: dict) -> Config:
     if cfg.eval.extra_candidates < 0 or cfg.model.graph_layers < 0:
         problems.append("eval.extra_candidates and model.graph_layers must be >= 0")
     if cfg.model.graph_self_weight < 0 or cfg.model.graph_self_weight + cfg.model.graph_layers == 0:
-        problems.append("model.graph_self_weight must be >= 0, and > 0 when model.graph_layers is 0")
+        problems.append(f"model.graph_self_weight must be >= 0, and > 0 when model.graph_layers is 0; got "
+                        f"{cfg.model.graph_self_weight} with graph_layers {cfg.model.graph_layers}")
     if cfg.model.n_positions < cfg.train.max_history + 2:
         problems.append(f"model.n_positions must be >= train.max_history + 2 = {cfg.train.max_history + 2}")
     if cfg.preset is not None and cfg.preset not in PRESETS:

@@ -94,7 +94,7 @@ def beam_search(
     start = model.t5.config.decoder_start_token_id
     out = model.decode(hidden, mask, _start(B, dev, start), use_cache=True)
     cache = out.cache
-    logp = out.logits[:, -1].float().log_softmax(-1)[:, trie.sym_tokens]  # (B, n_sym)
+    logp = out.logits[:, -1].log_softmax(-1)[:, trie.sym_tokens]  # (B, n_sym); logits are fp32
     nodes = trie.next_node[roots]  # (B, n_sym)
     logp = logp.masked_fill(nodes == DEAD, float("-inf"))
     k0 = min(K, logp.shape[1])
@@ -116,7 +116,7 @@ def beam_search(
         tokens = trie.sym_tokens[sym].reshape(B * K, 1)
         out = model.decode(hidden_k, mask_k, tokens, cache=cache, use_cache=True)
         cache = out.cache
-        logp = out.logits[:, -1].float().log_softmax(-1)[:, trie.sym_tokens].view(B, K, n_sym)
+        logp = out.logits[:, -1].log_softmax(-1)[:, trie.sym_tokens].view(B, K, n_sym)
         nxt = trie.next_node[node]  # (B, K, n_sym)
         finished = (trie.item_of_node[node] > 0).unsqueeze(-1)
         logp = torch.where(finished, torch.zeros_like(logp), logp)  # staying costs nothing

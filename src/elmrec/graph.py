@@ -66,7 +66,8 @@ def to_torch_sparse(adjacency: sp.csr_matrix, device, dtype) -> torch.Tensor:
 def lightgcn(
     adjacency: sp.csr_matrix | torch.Tensor, features: torch.Tensor, layers: int, self_weight: float = 1.0
 ) -> torch.Tensor:
-    """mean(E0, A_hat E0, ..., A_hat^L E0): no weights, no non-linearity; differentiable in E0.
+    """(w E0 + A_hat E0 + ... + A_hat^L E0) / (w + L): no weights, no non-linearity; differentiable
+    in E0.
 
     ``self_weight`` w weighs the E0 term: (w E0 + A_hat E0 + ... + A_hat^L E0) / (w + L). w = 1 is
     LightGCN's mean (the paper). With random E0, a node's own row dominates that mean (its norm

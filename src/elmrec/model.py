@@ -141,13 +141,14 @@ class ELMRec(nn.Module):
     def _propagate(self) -> torch.Tensor:
         if not self.config.use_graph:  # ablation: plain learned whole-word ids
             return self.graph_table
-        table = self.graph_table
+        table, layers, self_weight = self.graph_table, self.config.graph_layers, self.config.graph_self_weight
         if table.device.type == "cpu" and table.dtype == torch.float32:
-            return lightgcn(self.adjacency, table, self.config.graph_layers, self.config.graph_self_weight)
+            return lightgcn(self.adjacency, table, layers, self_weight)
         key = (table.device, table.dtype)  # GPU: copy the adjacency to the device once, not every step
         if self._torch_adjacency is None or self._torch_adjacency[0] != key:
             self._torch_adjacency = (key, to_torch_sparse(self.adjacency, table.device, table.dtype))
-        return lightgcn(self._torch_adjacency[1], table, self.config.graph_layers, self.config.graph_self_weight)
+        with torch.autocast(table.device.type, enabled=False):  # sparse products stay in the table's dtype
+            return lightgcn(self._torch_adjacency[1], table, layers, self_weight)
 
     def train(self, mode: bool = True):
         self._graph_cache = None  # parameters are about to change
@@ -192,9 +193,10 @@ class ELMRec(nn.Module):
 
     def head_states(self, states: torch.Tensor) -> torch.Tensor:
         """Decoder states as T5's vocabulary head sees them (scaled when embeddings are tied), fp32."""
+        states = states.float()
         if getattr(self.t5.config, "scale_decoder_outputs", self.t5.config.tie_word_embeddings):
             states = states * self.t5.model_dim**-0.5
-        return states.float()
+        return states
 
     def vocabulary_logits(self, states: torch.Tensor) -> torch.Tensor:
         """The vocabulary head in fp32, also under bf16 autocast: beam scores add log-probabilities

@@ -119,7 +119,8 @@ class Recommender:
             return self.model.encode(samples[0].task, **batch)
 
     def _autocast(self):
-        """bf16 autocast of ``eval_amp`` around the encoder and decoder (the head stays fp32)."""
+        """bf16 autocast of ``eval_amp`` around the encoder and decoder. The heads of our own
+        decoding stay fp32; explanations use transformers' generate, whose head runs in bf16."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.eval.eval_amp)
 
     def _batches(self, n: int):
@@ -159,7 +160,7 @@ class Recommender:
 
     def _search(self, samples: list[Sample], beams: int, n_gen: int) -> tuple[np.ndarray, np.ndarray]:
         memo = self.beam_memo
-        keys = [(s.user, s.items, beams) for s in samples]
+        keys = [(s.user, s.items, beams, self.eval.eval_amp) for s in samples]
         if memo is not None and all(k in memo and memo[k][0].shape[0] >= n_gen for k in keys):
             return np.stack([memo[k][0][:n_gen] for k in keys]), np.stack([memo[k][1][:n_gen] for k in keys])
         items, scores = [], []
@@ -277,9 +278,10 @@ class Recommender:
         samples = [Sample(EXPLANATION, int(u), (int(i),), "") for u, i in pairs]
         texts: list[str] = []
         for sl in self._batches(len(samples)):
-            hidden, mask = self._encode(samples[sl])
-            texts += generate_text(self.model, hidden, mask, self.tokenizer, self.eval.explanation_beams,
-                                   self.max_explanation_tokens)
+            with self._autocast():
+                hidden, mask = self._encode(samples[sl])
+                texts += generate_text(self.model, hidden, mask, self.tokenizer, self.eval.explanation_beams,
+                                       self.max_explanation_tokens)
         return texts
 
 
