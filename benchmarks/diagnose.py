@@ -1,4 +1,4 @@
-"""Does a trained checkpoint read its prompt? Two checks that loss and HR/NDCG cannot make.
+"""Does a trained checkpoint read its prompt? Four checks that loss and HR/NDCG cannot make.
 
 1. User dependence on validation users (``elmrec.evaluation.user_dependence``): 1.0 means the
    scores do not change when another user's prompt is read, i.e. the model is an item prior.
@@ -8,6 +8,9 @@
 3. Graph signal: how well the graph-aware whole-word table itself ranks each user's direct
    validation candidates by the dot product of user and item rows (HR@10 among 100 candidates;
    chance 0.10). It bounds what a model can read from the table without learning E0 further.
+4. Candidate reading: does the model prefer the items its direct prompt lists? Each user's listed
+   negatives against as many unlisted items the user never interacted with: the share of
+   (listed, unlisted) pairs the listed item wins, by log-likelihood. 0.5: the list is ignored.
 
     python benchmarks/diagnose.py runs/beauty-c16/p5/elmrec/best --data ../shared/data/beauty
 """
@@ -23,9 +26,10 @@ import torch
 from checkpoint_args import add_common_args, load_checkpoint, load_data, write_report
 
 from elmrec.evaluation import sample_users, user_dependence
+from elmrec.generation import candidate_log_likelihood, candidate_tokens
 from elmrec.prompts import EVAL_TEMPLATE, render
 from elmrec.recommender import Recommender
-from elmrec.tasks import direct_eval_samples
+from elmrec.tasks import direct_eval_samples, sample_negatives
 from elmrec.tokenization import encode_prompts
 
 
@@ -86,12 +90,47 @@ def graph_signal(rec: Recommender, dataset, users: np.ndarray, k: int = 10) -> d
             "token_norm": float(model.t5.shared.weight.norm(dim=1).mean())}
 
 
+def unlisted_items(dataset, samples: list, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(listed negatives, as many unlisted items) per direct sample; the unlisted ones are uniform
+    among the items the user never interacted with and the prompt does not list (fewer, the same
+    number for every sample, where a small catalogue has not that many left)."""
+    listed = np.array([[i for i in s.items if i != s.target] for s in samples])
+    excluded = [np.union1d(dataset.history(s.user), s.items) for s in samples]
+    n = min(listed.shape[1], dataset.n_items - max(len(e) for e in excluded))
+    if n < 1:
+        raise ValueError(f"{dataset.name}: no unlisted item left to compare the listed candidates with")
+    return listed, np.stack([sample_negatives(dataset.n_items, e, n, rng) for e in excluded])
+
+
+@torch.no_grad()
+def candidate_reading(rec: Recommender, dataset, users: np.ndarray, batch_size: int = 16, seed: int = 2) -> dict:
+    """Share of (listed negative, unlisted item) pairs of one user's direct validation prompt in
+    which the listed item has the higher log-likelihood, and the mean log-likelihood gap. A model
+    that picks among the listed items scores them far above the rest; one that ignores the list
+    scores both alike (0.5, gap 0)."""
+    model, rng = rec.model, np.random.default_rng(seed)
+    samples = direct_eval_samples(dataset, users, "valid")
+    wins, gaps = [], []
+    for k in range(0, len(samples), batch_size):
+        chunk = samples[k : k + batch_size]
+        prompts = [render(s, EVAL_TEMPLATE, dataset.n_users, model.config.use_incremental) for s in chunk]
+        hidden, mask = model.encode("direct", **encode_prompts(rec.tokenizer, prompts, rec.device))
+        listed, unlisted = (
+            candidate_log_likelihood(model, hidden, mask, candidate_tokens(rec.tokenizer, items, rec.device))
+            for items in unlisted_items(dataset, chunk, rng))
+        wins.append((listed[:, :, None] > unlisted[:, None, :]).float().mean(dim=(1, 2)))
+        gaps.append(listed.mean(1) - unlisted.mean(1))
+    return {"listed_wins": float(torch.cat(wins).mean()), "log_likelihood_gap": float(torch.cat(gaps).mean()),
+            "users": len(samples)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="checkpoint directories (e.g. RUN/best)")
     add_common_args(p)
     p.add_argument("--users", type=int, default=500, help="validation users for user dependence")
     p.add_argument("--geometry-users", type=int, default=8, help="direct prompts for the encoder check")
+    p.add_argument("--reading-users", type=int, default=200, help="direct prompts for the candidate-reading check")
     args = p.parse_args(argv)
     dataset = load_data(p, args)
     users = sample_users(dataset, args.users, seed=1)  # the benchmark's probe users
@@ -102,14 +141,17 @@ def main(argv: list[str] | None = None) -> int:
         dep = user_dependence(rec, dataset, "valid", users=users)
         geometry = encoder_geometry(rec, dataset, users[: args.geometry_users])
         graph = graph_signal(rec, dataset, users)
+        reading = candidate_reading(rec, dataset, users[: args.reading_users])
         report["checkpoints"][ck] = {"user_dependence": dep, "encoder": geometry, "graph_signal": graph,
-                                     "seconds": time.time() - t0}
+                                     "candidate_reading": reading, "seconds": time.time() - t0}
         layers = " | ".join(f"{g['norm']:.0f} / {g['cosine']:.2f}" for g in geometry)
         print(f"{ck}: direct rank correlation {dep['direct_rank_correlation']:.5f}, sequential top-10 overlap "
               f"{dep['sequential_top_overlap']:.4f}; encoder norm / position cosine by layer: {layers}; graph "
               f"table alone: direct HR@10 {graph['hr@10']:.3f} (chance {graph['chance']:.2f}), norms alpha*E "
               f"user {graph['alpha_user_norm']:.1f} / item {graph['alpha_item_norm']:.1f} / token "
-              f"{graph['token_norm']:.1f}", flush=True)
+              f"{graph['token_norm']:.1f}; listed candidates beat unlisted items in {reading['listed_wins']:.3f} "
+              f"of pairs (0.5: the list is ignored), log-likelihood gap {reading['log_likelihood_gap']:+.3f}",
+              flush=True)
     write_report(args.output, report, argv)
     return 0
 

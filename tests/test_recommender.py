@@ -265,6 +265,33 @@ def test_diagnose_script_reports_user_dependence_and_encoder_geometry(trained_ch
     # a model that reads its prompt keeps positions apart: far from the collapsed encoders (cosine ~0.9+)
     assert all(-1 <= g["cosine"] < 0.8 and g["norm"] > 0 for g in row["encoder"])
     assert 0 <= row["graph_signal"]["hr@10"] <= 1 and row["graph_signal"]["token_norm"] > 0
+    reading = row["candidate_reading"]
+    # this model beats popularity on direct and prefers the items its prompt lists (measured 0.60;
+    # every Beauty checkpoint in BENCHMARKS.md scores 0.50, i.e. ignores its list)
+    assert reading["users"] == 20 and reading["listed_wins"] > 0.55 and reading["log_likelihood_gap"] > 0
+
+
+def test_candidate_reading_counts_listed_wins_and_samples_only_unlisted_items(trained_checkpoint, quick_dataset,
+                                                                            monkeypatch):
+    diagnose = _script("diagnose")
+    users = quick_dataset.users[:12]
+    samples = diagnose.direct_eval_samples(quick_dataset, users, "valid")
+    listed, unlisted = diagnose.unlisted_items(quick_dataset, samples, np.random.default_rng(0))
+    assert listed.shape == (12, len(samples[0].items) - 1) and 0 < unlisted.shape[1] <= listed.shape[1]
+    for s, a, b in zip(samples, listed, unlisted):
+        assert set(a) == set(s.items) - {s.target} and len(set(b)) == len(b)
+        assert not set(b) & (set(s.items) | set(quick_dataset.history(s.user).tolist()))
+    # the aggregation, with planted log-likelihoods: listed items 1 above unlisted ones -> all wins
+    rec = Recommender.from_pretrained(trained_checkpoint, device="cpu")
+    calls = []
+
+    def planted(model, hidden, mask, tokens):
+        calls.append(tokens.shape)
+        return torch.full(tokens.shape[:2], 0.0 if len(calls) % 2 else -1.0)
+
+    monkeypatch.setattr(diagnose, "candidate_log_likelihood", planted)
+    got = diagnose.candidate_reading(rec, quick_dataset, users, batch_size=5)
+    assert got == {"listed_wins": 1.0, "log_likelihood_gap": 1.0, "users": 12} and len(calls) == 6
 
 
 def test_denormals_script_times_both_settings_and_leaves_them_flushed(trained_checkpoint, quick_dir, tmp_path):
