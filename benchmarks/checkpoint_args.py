@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from elmrec.cli import positive_int
 from elmrec.data import DataError, Dataset, load_p5, reindex
 from elmrec.io import atomic_write_text
 from elmrec.recommender import Recommender
@@ -22,7 +23,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="the P5 directory the checkpoint was trained on")
     p.add_argument("--reindex", choices=("p5", "random"), default="p5",
                    help="random: the benchmark's seeded re-indexed copy (beauty_cpu.py --reindex random)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--output", help="JSON report")
 
 

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import torch
-from checkpoint_args import add_common_args, load_checkpoint, load_data, write_report
+from checkpoint_args import add_common_args, load_checkpoint, load_data, positive_int, write_report
 
 from elmrec import tasks as T
 from elmrec.config import load_config
@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a trained checkpoint directory (e.g. RUN/best)")
     add_common_args(p)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3, help="timed passes per setting (the fastest counts)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed passes per setting (the fastest counts)")
     args = p.parse_args(argv)
     tune_allocator()
     dataset = load_data(p, args)

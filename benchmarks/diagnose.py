@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 import torch
-from checkpoint_args import add_common_args, load_checkpoint, load_data, write_report
+from checkpoint_args import add_common_args, load_checkpoint, load_data, positive_int, write_report
 
 from elmrec.evaluation import sample_users, user_dependence
 from elmrec.generation import candidate_log_likelihood, candidate_tokens
@@ -128,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="checkpoint directories (e.g. RUN/best)")
     add_common_args(p)
-    p.add_argument("--users", type=int, default=500, help="validation users for user dependence")
-    p.add_argument("--geometry-users", type=int, default=8, help="direct prompts for the encoder check")
-    p.add_argument("--reading-users", type=int, default=200, help="direct prompts for the candidate-reading check")
+    p.add_argument("--users", type=positive_int, default=500, help="validation users for user dependence")
+    p.add_argument("--geometry-users", type=positive_int, default=8, help="direct prompts for the encoder check")
+    p.add_argument("--reading-users", type=positive_int, default=200,
+                   help="direct prompts for the candidate-reading check")
     args = p.parse_args(argv)
     dataset = load_data(p, args)
     users = sample_users(dataset, args.users, seed=1)  # the benchmark's probe users

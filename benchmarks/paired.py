@@ -16,7 +16,7 @@ import sys
 import time
 
 import numpy as np
-from checkpoint_args import add_common_args, load_checkpoint, load_data, write_report
+from checkpoint_args import add_common_args, load_checkpoint, load_data, positive_int, write_report
 from scipy.stats import binomtest
 
 from elmrec.baselines import BASELINES
@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", choices=("sequential", "direct"), default="sequential")
     p.add_argument("--baselines", default="popularity,sequential-prior,direct-prior",
                    help=f"comma-separated, from {', '.join(BASELINES)}")
-    p.add_argument("--eval-users", type=int, help="the benchmark's seeded test users (default: all)")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--eval-users", type=positive_int, help="the benchmark's seeded test users (default: all)")
+    p.add_argument("--k", type=positive_int, default=10)
     args = p.parse_args(argv)
     names = args.baselines.split(",")
     unknown = [n for n in names if n not in BASELINES]

@@ -358,3 +358,6 @@ def test_scripts_refuse_bad_data_and_a_checkpoint_of_other_data(name, trained_ch
     with pytest.raises(SystemExit):  # the seeded re-indexed copy is another dataset
         script.main([str(trained_checkpoint), "--data", str(quick_dir), "--reindex", "random"])
     assert "was trained on dataset" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a count of 0 would end in an empty torch.cat deep inside
+        script.main([str(trained_checkpoint), "--data", str(quick_dir), "--threads", "0"])
+    assert "expected a positive integer, got 0" in capsys.readouterr().err

@@ -234,7 +234,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type for counts (also used by the benchmark scripts): an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -266,7 +267,7 @@ def _generation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (GPU, or a CPU with AMX); the vocabulary head and scores stay fp32")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    g.add_argument("--threads", type=_positive, help="CPU threads (default: torch's, one per core)")
+    g.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's, one per core)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -154,17 +154,14 @@ def candidate_log_likelihood(
         input_ids=inputs.view(B, C * L), attention_mask=block_mask[None, None],
         encoder_hidden_states=hidden, encoder_attention_mask=mask, use_cache=False,
     ).last_hidden_state
-    return _candidate_head(model, states.view(B * C, L, -1), inputs, candidate_tokens)
-
-
-def _candidate_head(model: ELMRec, states: torch.Tensor, inputs: torch.Tensor, candidate_tokens: torch.Tensor):
-    """The vocabulary head of candidate_log_likelihood, in fp32 also under autocast (see
-    ELMRec.vocabulary_logits): 100 candidates' scores must not tie at bf16 resolution."""
-    with torch.autocast(states.device.type, enabled=False):
-        return _candidate_scores(model, model.head_states(states), inputs, candidate_tokens)
+    # the vocabulary head in fp32 also under autocast (see ELMRec.vocabulary_logits): 100
+    # candidates' scores must not tie at bf16 resolution
+    with torch.autocast(dev.type, enabled=False):
+        return _candidate_scores(model, model.head_states(states.view(B * C, L, -1)), inputs, candidate_tokens)
 
 
 def _candidate_scores(model: ELMRec, states: torch.Tensor, inputs: torch.Tensor, candidate_tokens: torch.Tensor):
+    """log P(id tokens) of every candidate from the decoder's fp32 head states."""
     B, C, L = candidate_tokens.shape
     t5, dev = model.t5, states.device
     weight = t5.lm_head.weight.float()

@@ -69,8 +69,7 @@ def lightgcn(
     """(w E0 + A_hat E0 + ... + A_hat^L E0) / (w + L): no weights, no non-linearity; differentiable
     in E0.
 
-    ``self_weight`` w weighs the E0 term: (w E0 + A_hat E0 + ... + A_hat^L E0) / (w + L). w = 1 is
-    LightGCN's mean (the paper). With random E0, a node's own row dominates that mean (its norm
+    ``self_weight`` w = 1 is LightGCN's mean (the paper). With random E0, a node's own row dominates that mean (its norm
     is several times the propagated layers'), so w < 1 is offered as a departure that lets the
     graph speak louder. ``adjacency`` is the SciPy matrix (CPU, float32: the fast path) or a torch
     sparse tensor on the features' device (see :func:`to_torch_sparse`)."""
