@@ -16,12 +16,13 @@ import time
 
 import numpy as np
 import torch
-from checkpoint_args import add_common_args, load_checkpoint, load_data, positive_int, write_report
 
 from elmrec import tasks as T
 from elmrec.config import load_config
 from elmrec.runtime import tune_allocator
 from elmrec.training import forward_backward, make_batch
+
+from checkpoint_args import add_common_args, load_checkpoint, load_data, positive_int, write_report
 
 
 def main(argv: list[str] | None = None) -> int:

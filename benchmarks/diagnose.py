@@ -23,7 +23,6 @@ import time
 
 import numpy as np
 import torch
-from checkpoint_args import add_common_args, load_checkpoint, load_data, positive_int, write_report
 
 from elmrec.evaluation import sample_users, user_dependence
 from elmrec.generation import candidate_log_likelihood, candidate_tokens
@@ -31,6 +30,8 @@ from elmrec.prompts import EVAL_TEMPLATE, render
 from elmrec.recommender import Recommender
 from elmrec.tasks import direct_eval_samples, sample_negatives
 from elmrec.tokenization import encode_prompts
+
+from checkpoint_args import add_common_args, load_checkpoint, load_data, positive_int, write_report
 
 
 @torch.no_grad()

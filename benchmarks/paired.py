@@ -16,11 +16,12 @@ import sys
 import time
 
 import numpy as np
-from checkpoint_args import add_common_args, load_checkpoint, load_data, positive_int, write_report
 from scipy.stats import binomtest
 
 from elmrec.baselines import BASELINES
 from elmrec.evaluation import evaluate, sample_users
+
+from checkpoint_args import add_common_args, load_checkpoint, load_data, positive_int, write_report
 
 
 def paired(ranks_a: np.ndarray, ranks_b: np.ndarray, k: int = 10) -> dict:

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from elmrec import tasks as T
+from elmrec.cli import positive_int
 from elmrec.config import load_config
-from elmrec.data import load_p5
+from elmrec.data import DataError, load_p5
 from elmrec.io import atomic_write_text
-from elmrec.model import build_model
+from elmrec.model import T5_SIZES, build_model
 from elmrec.recommender import Recommender
 from elmrec.runtime import machine_info, tune_cpu
 from elmrec.tokenization import build_tokenizer
@@ -108,17 +109,22 @@ def eval_speed(dataset, size: str, users: int, direct_decode: str, amp: bool = F
     return out
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type for --warmup: 0 is allowed (no untimed batches), negatives are not."""
+    return positive_int(text) if text.strip() != "0" else 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "beauty"))
     p.add_argument("--sizes", default="tiny,cpu,small")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--batches", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--micro-batch-size", type=int, help="forward/backward each batch in chunks of this size")
+    p.add_argument("--threads", type=positive_int, default=1)
+    p.add_argument("--batches", type=positive_int, default=3)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--micro-batch-size", type=positive_int, help="forward/backward each batch in chunks of this size")
     p.add_argument("--tasks", default="sequential,direct", help="training tasks to time")
-    p.add_argument("--warmup", type=int, default=2, help="untimed batches before the timed ones")
-    p.add_argument("--eval-users", type=int, default=48)
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed batches before the timed ones")
+    p.add_argument("--eval-users", type=positive_int, default=48)
     p.add_argument("--direct-decode", default="score", choices=("score", "beam"))
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-eval", action="store_true")
@@ -126,15 +132,18 @@ def main(argv=None) -> int:
                    help="bf16 autocast in training (train.amp) and evaluation (eval.eval_amp)")
     p.add_argument("--output")
     args = p.parse_args(argv)
-    if args.micro_batch_size is not None and args.micro_batch_size < 1:
-        p.error("--micro-batch-size must be >= 1")
+    if unknown := set(args.sizes.split(",")) - set(T5_SIZES):
+        p.error(f"--sizes: choose from {','.join(T5_SIZES)}, got {sorted(unknown)}")
     if set(args.tasks.split(",")) - {"sequential", "direct"}:
         p.error(f"--tasks: choose from sequential,direct, got {args.tasks!r}")
     torch.set_num_threads(args.threads)
     tune_cpu()
-    dataset = load_p5(args.data)
+    try:
+        dataset = load_p5(args.data)
+    except DataError as e:
+        p.error(str(e))
     results = {"data": args.data, "threads": args.threads, "machine": machine_info(),
-               "python": sys.version.split()[0], "amp": args.amp, "argv": sys.argv[1:],
+               "python": sys.version.split()[0], "amp": args.amp, "argv": sys.argv[1:] if argv is None else argv,
                "date": time.strftime("%Y-%m-%d"),
                "sizes": {}}
     for size in args.sizes.split(","):

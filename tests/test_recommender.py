@@ -305,6 +305,28 @@ def test_denormals_script_times_both_settings_and_leaves_them_flushed(trained_ch
     assert torch.tensor([1e-39]).mul(1.0).item() == 0.0
 
 
+def test_speed_script_times_training_and_evaluation_on_tiny_data(synthetic_dir, tmp_path, capsys):
+    """benchmarks/speed.py at the tiny size on synthetic data, so the script cannot rot."""
+    speed = _script("speed")
+    out = tmp_path / "speed.json"
+    args = ["--data", str(synthetic_dir), "--sizes", "tiny", "--batches", "1", "--batch-size", "4", "--warmup", "0",
+            "--eval-users", "4", "--output", str(out)]
+    assert speed.main(args) == 0
+    report = json.loads(out.read_text())
+    row = report["sizes"]["tiny"]
+    for task in ("sequential", "direct"):
+        train = row["train"][task]
+        assert train["samples_per_s"] > 0 and 0 <= train["non_model_share"] < 1 and train["tokens"] > 0
+    assert row["eval"]["sequential_users_per_s"] > 0 and row["eval"]["direct_score_users_per_s"] > 0
+    assert row["peak_rss_gb_so_far"] > 0 and report["machine"]["cpu"] and report["argv"] == args
+    for bad, message in ((["--batches", "0"], "expected a positive integer, got 0"),
+                         (["--sizes", "huge"], "--sizes: choose from"),
+                         (["--data", str(tmp_path / "nowhere")], "expected a P5-format dataset directory")):
+        with pytest.raises(SystemExit):
+            speed.main(["--data", str(synthetic_dir), *bad])
+        assert message in capsys.readouterr().err
+
+
 def test_graph_signal_finds_a_planted_table(trained_checkpoint, quick_dataset):
     """The graph table alone ranks the target first when each user's row is its target's row, and
     at chance level when the table is random."""
