@@ -219,6 +219,30 @@ def test_task_repeats_give_a_task_more_batches_per_turn(tmp_path, synthetic_data
             _cfg(task_repeats=bad)
 
 
+def test_direct_curriculum_grows_the_training_list_but_not_the_validation_list(tmp_path, synthetic_dataset):
+    from elmrec.training import _Training, direct_negatives
+
+    cfg = _cfg(n_negatives=9, n_negatives_start=1, curriculum_epochs=4, tasks=[T.DIRECT])
+    assert [direct_negatives(cfg.train, e) for e in range(7)] == [1, 3, 5, 7, 9, 9, 9]
+    assert direct_negatives(_cfg(n_negatives=9).train, 0) == 9  # off by default
+    run = _Training(cfg, synthetic_dataset, tmp_path, rank=0, world_size=1)
+    for epoch, n in ((0, 2), (2, 6), (4, 10), (9, 10)):
+        lists = {len(x.items) for s, _ in run.epoch_batches(epoch) for x in s}
+        assert lists == {n}, (epoch, lists)
+    plain = _Training(_cfg(n_negatives=9, tasks=[T.DIRECT]), synthetic_dataset, tmp_path / "p", rank=0, world_size=1)
+    assert len(run.valid_batches) == len(plain.valid_batches)
+    for a, b in zip(run.valid_batches, plain.valid_batches):
+        assert a.inputs["input_ids"].equal(b.inputs["input_ids"])
+    for bad, words in ((dict(n_negatives_start=0), "between 1 and"), (dict(n_negatives_start=10), "between 1 and"),
+                       (dict(n_negatives_start=1, curriculum_epochs=0), "curriculum_epochs must be >= 1")):
+        with pytest.raises(ValueError, match=words):
+            _cfg(**bad)
+    train(_cfg(epochs=2, n_negatives_start=1, curriculum_epochs=1, tasks=[T.DIRECT]), synthetic_dataset,
+          tmp_path / "run", progress=False, echo=lambda s: None)
+    log = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["train"][T.DIRECT]["negatives"] for r in log if "train" in r] == [1, 9]
+
+
 def test_linear_schedule_warms_up_then_decays_to_zero_at_the_last_epoch(tmp_path, synthetic_dataset):
     cfg = _cfg(lr_schedule="linear", epochs=2, warmup_steps=2, lr=1e-3, tasks=[T.SEQUENTIAL, T.DIRECT])
     train(cfg, synthetic_dataset, tmp_path / "run", progress=False, echo=lambda s: None)

@@ -68,6 +68,12 @@ class TrainConfig:
     valid_users: int | None = 2000  # users in the validation-loss subset; None = all
     budget_minutes: float | None = None  # stop training (and keep the best checkpoint) after this
     n_negatives: int = 99
+    # departure, off by default: a curriculum for the direct task. Training prompts list
+    # n_negatives_start negatives in the first epoch, growing linearly to n_negatives at epoch
+    # curriculum_epochs + 1; validation and test prompts always list n_negatives (BENCHMARKS.md:
+    # Beauty models trained on 2-5 candidates copy from the list, but that did not carry over to 100)
+    n_negatives_start: int | None = None
+    curriculum_epochs: int = 1
     max_history: int = 20
     max_explanation_tokens: int = 20
     seed: int = 2024
@@ -160,6 +166,11 @@ def _validate(data: dict) -> Config:
                         "train.threads": cfg.train.threads}.items():
         if value is not None and value < 1:
             problems.append(f"{name} must be >= 1 (or unset), got {value}")
+    if cfg.train.n_negatives_start is not None and not 1 <= cfg.train.n_negatives_start <= cfg.train.n_negatives:
+        problems.append(f"train.n_negatives_start must be between 1 and train.n_negatives = {cfg.train.n_negatives} "
+                        f"(or unset), got {cfg.train.n_negatives_start}")
+    if cfg.train.curriculum_epochs < 1:
+        problems.append(f"train.curriculum_epochs must be >= 1, got {cfg.train.curriculum_epochs}")
     if cfg.train.budget_minutes is not None and cfg.train.budget_minutes <= 0:
         problems.append("train.budget_minutes must be > 0 (or unset)")
     if cfg.eval.extra_candidates < 0 or cfg.model.graph_layers < 0:

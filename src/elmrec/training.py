@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from . import tasks as T
-from .config import Config, config_from_dict
+from .config import Config, TrainConfig, config_from_dict
 from .data import Dataset
 from .io import atomic_write_text
 from .model import ELMRec, build_model
@@ -108,6 +108,15 @@ def checkpoint_files(dataset: Dataset, cfg: Config) -> dict[str, str | bytes]:
     return files
 
 
+def direct_negatives(cfg: TrainConfig, epoch: int) -> int:
+    """Negatives per direct training prompt in ``epoch`` (0-based): n_negatives, or the linear
+    curriculum from n_negatives_start, which reaches n_negatives after curriculum_epochs epochs."""
+    if cfg.n_negatives_start is None:
+        return cfg.n_negatives
+    share = min(1.0, epoch / cfg.curriculum_epochs)
+    return round(cfg.n_negatives_start + share * (cfg.n_negatives - cfg.n_negatives_start))
+
+
 class _Training:
     """State of one run; methods are the steps of the loop in ``train``."""
 
@@ -172,7 +181,7 @@ class _Training:
         per_task = {
             T.EXPLANATION: lambda: T.explanation_samples(data, "train", rng)[self.rank :: self.world],
             T.SEQUENTIAL: lambda: T.sequential_train_samples(data, users, rng, cfg.train.max_history),
-            T.DIRECT: lambda: T.direct_train_samples(data, users, rng, cfg.train.n_negatives),
+            T.DIRECT: lambda: T.direct_train_samples(data, users, rng, direct_negatives(cfg.train, epoch)),
         }
         bs = cfg.train.batch_size
         # every task gets the same number of batches: one sample per user (or steps_per_epoch),
@@ -236,6 +245,8 @@ class _Training:
                 "batches": v["batches"]}
             for t, v in stats.items()
         }
+        if T.DIRECT in summary:
+            summary[T.DIRECT]["negatives"] = direct_negatives(cfg.train, self.epoch)
         return summary, out_of_time
 
     @torch.no_grad()
