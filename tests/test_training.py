@@ -229,10 +229,15 @@ def test_direct_curriculum_grows_the_training_list_but_not_the_validation_list(t
     for epoch, n in ((0, 2), (2, 6), (4, 10), (9, 10)):
         lists = {len(x.items) for s, _ in run.epoch_batches(epoch) for x in s}
         assert lists == {n}, (epoch, lists)
-    plain = _Training(_cfg(n_negatives=9, tasks=[T.DIRECT]), synthetic_dataset, tmp_path / "p", rank=0, world_size=1)
-    assert len(run.valid_batches) == len(plain.valid_batches)
-    for a, b in zip(run.valid_batches, plain.valid_batches):
-        assert a.inputs["input_ids"].equal(b.inputs["input_ids"])
+    # without negative.txt the validation lists are sampled with n_negatives: the curriculum must not shorten them
+    rng = np.random.default_rng(0)
+    ds = Dataset.from_histories([rng.choice(np.arange(1, 61), 6, replace=False).tolist() for _ in range(30)],
+                                n_items=60)
+    assert ds.negatives is None
+    for c in (cfg, _cfg(n_negatives=9, tasks=[T.DIRECT])):
+        valid = _Training(c, ds, tmp_path / "v", rank=0, world_size=1).valid_batches
+        words = [run.tokenizer.decode(ids) for b in valid for ids in b.inputs["input_ids"]]
+        assert {w.count("item_") for w in words} == {10}, words[0]
     for bad, words in ((dict(n_negatives_start=0), "between 1 and"), (dict(n_negatives_start=10), "between 1 and"),
                        (dict(n_negatives_start=1, curriculum_epochs=0), "curriculum_epochs must be >= 1")):
         with pytest.raises(ValueError, match=words):
