@@ -47,8 +47,11 @@ def bf16(enabled: bool):
 
 
 def train_speed(dataset, size: str, batches: int, batch_size: int, micro: int | None, tasks: list[str],
-                warmup: int, amp: bool = False) -> dict:
-    cfg = load_config(preset="beauty", overrides={"size": size, "batch_size": batch_size})
+                warmup: int, amp: bool = False, length_groups: int | None = None) -> dict:
+    overrides = {"size": size, "batch_size": batch_size}
+    if length_groups is not None:
+        overrides["length_groups"] = length_groups
+    cfg = load_config(preset="beauty", overrides=overrides)
     tok = build_tokenizer()
     model = build_model(cfg.model, dataset.n_users, dataset.n_items, *dataset.train_pairs(), len(tok), 0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -68,7 +71,7 @@ def train_speed(dataset, size: str, batches: int, batch_size: int, micro: int | 
             batch = make_batch(samples, templates, tok, dataset.n_users, cfg, torch.device("cpu"))
             t1 = time.perf_counter()
             opt.zero_grad()
-            forward_backward(model, batch, micro, bf16(amp))
+            forward_backward(model, batch, micro, bf16(amp), cfg.train.length_groups)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             t2 = time.perf_counter()
@@ -77,7 +80,9 @@ def train_speed(dataset, size: str, batches: int, batch_size: int, micro: int | 
                 step += t2 - t1
         total = prep + step
         out[task] = {"s_per_batch": total / batches, "samples_per_s": batches * batch_size / total,
-                     "non_model_share": prep / total, "tokens": int(batch.inputs["input_ids"].shape[1])}
+                     "non_model_share": prep / total, "tokens": int(batch.inputs["input_ids"].shape[1]),
+                     "mean_tokens": float(batch.inputs["attention_mask"].sum(1).float().mean()),
+                     "length_groups": cfg.train.length_groups}
         print(f"  train {size:5s} {task:10s} {total / batches:7.2f} s/batch  {batches * batch_size / total:7.1f} "
               f"samples/s  non-model {100 * prep / total:4.1f}%", flush=True)
     return out
@@ -122,6 +127,8 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=positive_int, default=3)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--micro-batch-size", type=positive_int, help="forward/backward each batch in chunks of this size")
+    p.add_argument("--length-groups", type=positive_int,
+                   help="train.length_groups (default: the preset's): a batch sorted by length in this many groups")
     p.add_argument("--tasks", default="sequential,direct", help="training tasks to time")
     p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed batches before the timed ones")
     p.add_argument("--eval-users", type=positive_int, default=48)
@@ -150,7 +157,7 @@ def main(argv=None) -> int:
         r = {}
         if not args.skip_train:
             r["train"] = train_speed(dataset, size, args.batches, args.batch_size, args.micro_batch_size,
-                                     args.tasks.split(","), args.warmup, args.amp)
+                                     args.tasks.split(","), args.warmup, args.amp, args.length_groups)
         if not args.skip_eval:
             r["eval"] = eval_speed(dataset, size, args.eval_users, args.direct_decode, args.amp)
         r["peak_rss_gb_so_far"] = peak_rss_gb()

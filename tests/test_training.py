@@ -179,17 +179,44 @@ def test_micro_batches_give_the_gradients_of_the_whole_batch(tmp_path, task):
     # targets of different lengths make an unweighted mean of chunk means differ from the batch mean
     assert len(set((batch.labels != -100).sum(1).tolist())) > 1
 
-    def grads(micro):
+    def grads(micro, groups=1):
         run.model.zero_grad(set_to_none=True)
-        loss = forward_backward(run.model, batch, micro)
+        loss = forward_backward(run.model, batch, micro, length_groups=groups)
         return loss, [p.grad.clone() for p in run.model.parameters() if p.grad is not None]
 
-    whole_loss, whole = grads(None)
-    micro_loss, micro = grads(3)
-    assert torch.allclose(whole_loss, micro_loss, atol=1e-5)
-    assert len(whole) == len(micro) > 0
-    for a, b in zip(whole, micro):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    run.model.zero_grad(set_to_none=True)  # the reference: one plain forward of the padded batch
+    whole_loss = run.model(batch.task, **batch.inputs, labels=batch.labels)
+    whole_loss.backward()
+    whole = [p.grad.clone() for p in run.model.parameters() if p.grad is not None]
+    # micro-batches in batch order, and length groups: sorted, each cut to its own longest prompt
+    # (the graph embeddings of the direct task then propagated once for all groups)
+    for micro, groups in ((None, 1), (3, 1), (None, 4), (5, 3)):
+        part_loss, part = grads(micro, groups)
+        assert torch.allclose(whole_loss, part_loss, atol=1e-5)
+        assert len(whole) == len(part) > 0
+        for a, b in zip(whole, part):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_length_groups_cover_the_batch_and_cut_padding(tmp_path, synthetic_dataset):
+    from elmrec.training import _Training, chunks, make_batch
+
+    run = _Training(_cfg(), synthetic_dataset, tmp_path, rank=0, world_size=1)
+    samples, templates = next((s, t) for s, t in run.epoch_batches(0) if s[0].task == T.SEQUENTIAL)
+    batch = make_batch(samples, templates, run.tokenizer, synthetic_dataset.n_users, run.cfg, run.device)
+    parts = list(chunks(batch, length_groups=4))
+    assert len(parts) == 4 and sum(len(labels) for _, labels in parts) == batch.size
+    widths = [inputs["input_ids"].shape[1] for inputs, _ in parts]
+    assert widths == sorted(widths) and widths[0] < batch.inputs["input_ids"].shape[1]
+    seen = []
+    for inputs, labels in parts:  # every row keeps all its real tokens, and each chunk has no empty column
+        assert inputs["attention_mask"][:, -1].any() and (labels[:, -1] != -100).any()
+        seen += [tuple(row[m > 0].tolist()) for row, m in zip(inputs["input_ids"], inputs["attention_mask"])]
+    full = [tuple(row[m > 0].tolist()) for row, m in zip(batch.inputs["input_ids"], batch.inputs["attention_mask"])]
+    assert sorted(seen) == sorted(full)
+    assert len(list(chunks(batch, micro_batch_size=batch.size, length_groups=1))) == 1
+    with pytest.raises(ValueError, match="train.length_groups must be >= 1, got 0"):
+        _cfg(length_groups=0)
 
 
 def test_a_non_finite_loss_stops_training_with_advice(tmp_path, synthetic_dataset, monkeypatch):

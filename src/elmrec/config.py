@@ -51,6 +51,9 @@ class TrainConfig:
     # forward/backward a batch in chunks of this many samples: the same gradients (the loss is
     # weighted by label tokens), a fraction of the activation memory, e.g. for large direct prompts
     micro_batch_size: int | None = None
+    # sort a batch by prompt length and run it in this many groups, each padded to its own longest
+    # prompt: the same gradients with less padding (1: the whole batch, padded to its longest)
+    length_groups: int = 4
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
@@ -154,7 +157,8 @@ def _validate(data: dict) -> Config:
     positive = {
         "train.batch_size": cfg.train.batch_size, "train.epochs": cfg.train.epochs,
         "train.max_history": cfg.train.max_history, "train.n_negatives": cfg.train.n_negatives,
-        "train.patience": cfg.train.patience, "eval.beams": cfg.eval.beams, "eval.top_n": cfg.eval.top_n,
+        "train.patience": cfg.train.patience, "train.length_groups": cfg.train.length_groups,
+        "eval.beams": cfg.eval.beams, "eval.top_n": cfg.eval.top_n,
         "eval.eval_batch_size": cfg.eval.eval_batch_size, "eval.direct_beams": cfg.eval.direct_beams,
         "eval.explanation_beams": cfg.eval.explanation_beams, "model.n_soft_prompts": cfg.model.n_soft_prompts,
     }

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from . import attention
 from .model import ELMRec
 
 DEAD, ROOT = 0, 1  # node 0 absorbs invalid moves; node 1 is the root of the first trie
@@ -136,23 +137,22 @@ def candidate_log_likelihood(
     model: ELMRec, hidden: torch.Tensor, mask: torch.Tensor, candidate_tokens: torch.Tensor
 ) -> torch.Tensor:
     """log P(id tokens | prompt) of every candidate: (B, C, L) token ids (pad = 0 after </s>)
-    -> (B, C). All C candidates of a user are decoded in one sequence of C*L positions; the
-    block-diagonal causal mask keeps them independent and T5's relative position bias sees the
-    same within-candidate distances as in separate decoding. The vocabulary softmax runs once per
+    -> (B, C). All C candidates of a user are decoded in one sequence of C*L positions;
+    self-attention stays inside each candidate (causal, per block: ``elmrec.attention``), so they
+    are independent and T5's relative position bias sees the same distances as in separate
+    decoding. The vocabulary softmax runs once per
     distinct prefix: all candidates share their first positions (start, the word piece) and many
     share the first digit chunk."""
     B, C, L = candidate_tokens.shape
     t5, dev = model.t5, hidden.device
     start = t5.config.decoder_start_token_id
     inputs = torch.cat([torch.full_like(candidate_tokens[..., :1], start), candidate_tokens[..., :-1]], -1)
-    pos = torch.arange(C * L, device=dev)
-    same_block = (pos[:, None] // L) == (pos[None, :] // L)
-    allowed = same_block & (pos[:, None] >= pos[None, :])
-    neg = torch.finfo(hidden.dtype).min
-    block_mask = torch.zeros(C * L, C * L, dtype=hidden.dtype, device=dev).masked_fill(~allowed, neg)
+    if t5.config._attn_implementation != attention.NAME:  # another attention would mix the candidates
+        raise ValueError(f"candidate scoring needs the {attention.NAME!r} attention, not "
+                         f"{t5.config._attn_implementation!r}")
     states = t5.decoder(
-        input_ids=inputs.view(B, C * L), attention_mask=block_mask[None, None],
-        encoder_hidden_states=hidden, encoder_attention_mask=mask, use_cache=False,
+        input_ids=inputs.view(B, C * L), encoder_hidden_states=hidden, encoder_attention_mask=mask,
+        use_cache=False, candidate_block=L,
     ).last_hidden_state
     # the vocabulary head in fp32 also under autocast (see ELMRec.vocabulary_logits): 100
     # candidates' scores must not tie at bf16 resolution

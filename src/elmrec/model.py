@@ -23,17 +23,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 from transformers import (
-    AttentionInterface,
     AutoTokenizer,
     PreTrainedTokenizerBase,
     T5Config,
     T5ForConditionalGeneration,
 )
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.models.t5.modeling_t5 import T5Attention
 
+from . import attention
 from .config import ModelConfig
+from .dropout import replace_dropout
 from .graph import lightgcn, normalized_adjacency, to_torch_sparse
 from .io import atomic_directory
 from .tasks import DIRECT, EXPLANATION, SEQUENTIAL, TASK_IDS
@@ -66,45 +65,6 @@ def build_backbone(config: ModelConfig, vocab_size: int, seed: int) -> T5ForCond
     return T5ForConditionalGeneration(t5_config)
 
 
-def biased_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_bias=None,
-                     **kwargs):
-    """T5 attention (scores + relative position bias, softmax, values) with the bias and the mask
-    added in place. Why not SDPA in training: T5's bias is learned, and a mask that needs a
-    gradient sends PyTorch's CPU SDPA to its math path after a (batch, heads, L, L) mask tensor
-    is built in every layer; a tiny direct training step is 1.2x faster this way. Without
-    gradients (inference) SDPA's fused kernel is the faster one, so it is used there."""
-    if not torch.is_grad_enabled():
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      position_bias=position_bias, **kwargs)
-    scores = torch.matmul(query, key.transpose(-1, -2))
-    if scaling is not None and scaling != 1.0:
-        scores.mul_(scaling)
-    if position_bias is not None:
-        scores.add_(position_bias)
-    if attention_mask is not None:  # boolean, True = may attend (see _bool_mask), or additive
-        if attention_mask.dtype == torch.bool:
-            scores.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)
-        else:
-            scores.add_(attention_mask)
-    elif getattr(module, "is_causal", False) and query.shape[-2] > 1:  # decoder self-attention
-        q, k = query.shape[-2], key.shape[-2]
-        future = torch.arange(q, device=query.device)[:, None] + (k - q) < torch.arange(k, device=query.device)
-        scores.masked_fill_(future, torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores, dim=-1)
-    if dropout:
-        probs = F.dropout(probs, p=dropout, training=module.training)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
-
-
-def _bool_mask(*args, **kwargs):
-    """Boolean masks; None only for a padding-free bidirectional batch (causality is applied above)."""
-    return sdpa_mask(*args, **{**kwargs, "allow_is_causal_skip": False, "allow_is_bidirectional_skip": True})
-
-
-AttentionInterface.register("elmrec", biased_attention)
-AttentionMaskInterface.register("elmrec", _bool_mask)
-
-
 class ELMRec(nn.Module):
     def __init__(
         self, config: ModelConfig, t5: T5ForConditionalGeneration, n_users: int, n_items: int,
@@ -112,7 +72,8 @@ class ELMRec(nn.Module):
     ):
         super().__init__()
         self.config, self.t5 = config, t5
-        t5.set_attn_implementation("elmrec")
+        t5.set_attn_implementation(attention.NAME)
+        replace_dropout(t5)
         for module in t5.modules():
             if isinstance(module, T5Attention):
                 module.dropout = config.attention_dropout
@@ -154,23 +115,29 @@ class ELMRec(nn.Module):
         self._graph_cache = None  # parameters are about to change
         return super().train(mode)
 
-    def whole_word(self, task: str, whole_word: torch.Tensor) -> torch.Tensor:
-        """alpha * whole-word embedding of every token; index 0 contributes nothing."""
-        if task == SEQUENTIAL and self.config.use_incremental:
+    def uses_graph(self, task: str) -> bool:
+        return not (task == SEQUENTIAL and self.config.use_incremental)
+
+    def whole_word(self, task: str, whole_word: torch.Tensor, graph: torch.Tensor | None = None) -> torch.Tensor:
+        """alpha * whole-word embedding of every token; index 0 contributes nothing. ``graph``: the
+        graph embeddings when the caller has propagated them already (one batch in chunks)."""
+        if not self.uses_graph(task):
             idx = whole_word.clamp(max=self.config.n_positions - 1)
             table, alpha = self.position_table, self.config.seq_alpha
         else:
-            idx, table, alpha = whole_word, self.graph_embeddings(), self.config.graph_alpha
+            table = self.graph_embeddings() if graph is None else graph
+            idx, alpha = whole_word, self.config.graph_alpha
         # F.embedding: its CPU backward is deterministic, unlike advanced indexing's scatter-add
         emb = F.embedding(idx, table) * (idx > 0).unsqueeze(-1).to(table.dtype)
         return alpha * emb
 
     # --- encoder / decoder -------------------------------------------------------------------
     def encode(
-        self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, whole_word: torch.Tensor
+        self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, whole_word: torch.Tensor,
+        graph: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder states and mask for a batch of one task's prompts (soft prompts prepended)."""
-        x = self.t5.shared(input_ids) + self.whole_word(task, whole_word).to(self.t5.dtype)
+        x = self.t5.shared(input_ids) + self.whole_word(task, whole_word, graph).to(self.t5.dtype)
         if self.config.use_soft_prompts:
             prompts = self.soft_prompts[TASK_IDS[task]].to(x.dtype).expand(x.shape[0], -1, -1)
             x = torch.cat([prompts, x], dim=1)
@@ -206,10 +173,10 @@ class ELMRec(nn.Module):
 
     def forward(
         self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, whole_word: torch.Tensor,
-        labels: torch.Tensor,
+        labels: torch.Tensor, graph: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean token cross-entropy of the targets (labels padded with -100)."""
-        hidden, mask = self.encode(task, input_ids, attention_mask, whole_word)
+        hidden, mask = self.encode(task, input_ids, attention_mask, whole_word, graph)
         return self.t5(encoder_outputs=(hidden,), attention_mask=mask, labels=labels).loss
 
     # --- checkpoints ---------------------------------------------------------------------------
