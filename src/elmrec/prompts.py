@@ -60,16 +60,15 @@ def render(sample: Sample, template: int, n_users: int, incremental: bool) -> Pr
     parts: list[str] = []
     spans: list[tuple[int, int, int]] = []
     pos = 0
-    sep = " " if template == EVAL_TEMPLATE else ", "
     for k, piece in enumerate(_FIELD.split(TEMPLATES[sample.task][template])):
         if k % 2 == 0:  # literal text
             parts.append(piece)
             pos += len(piece)
             continue
         for j, (kind, ident) in enumerate(fields[piece]):
-            if j:
-                parts.append(sep)
-                pos += len(sep)
+            if j:  # lists are space-separated in every template: a comma per id would add 100
+                parts.append(" ")  # tokens (a quarter) to a direct prompt and carries nothing
+                pos += 1
             word = f"{kind}_{ident}"
             if use_incremental:  # the user first, then the k-th history item (oldest first) -> k + 1
                 ww = 1 if kind == "user" else j + 2
