@@ -143,14 +143,40 @@ def test_explanations_are_generated_and_scored(tmp_path, synthetic_dataset):
     from elmrec.config import load_config
     from elmrec.training import train
 
-    cfg = load_config(overrides=dict(size="tiny", batch_size=16, epochs=2, valid_users=20, tasks=["explanation"]))
+    cfg = load_config(overrides=dict(size="tiny", batch_size=16, epochs=4, lr=3e-3, valid_users=20,
+                                     tasks=["explanation"]))
     train(cfg, synthetic_dataset, tmp_path / "run", progress=False, echo=lambda s: None)
     rec = Recommender.from_pretrained(tmp_path / "run" / "best", device="cpu")
     text = rec.explain(1, int(synthetic_dataset.history(1)[0]))
     assert isinstance(text, str) and text.strip()
     res = evaluate_explanation(rec.explain_batch, synthetic_dataset, "test", limit=16, progress=False)
     assert set(res.metrics) == {"BLEU-1", "BLEU-4", "ROUGE-1", "ROUGE-2", "ROUGE-L"}
-    assert res.metrics["ROUGE-1"] > 0 and len(res.extra["examples"]) == 5
+    # four epochs learn the synthetic review phrases (ROUGE-1 33 measured); two epochs gave a
+    # model repeating one word piece, whose scores were 0 or near it
+    assert res.metrics["ROUGE-1"] > 10 and len(res.extra["examples"]) == 5
+
+
+def test_length_sorted_batches_return_every_result_to_its_row(trained_checkpoint, quick_dataset):
+    """Batches group prompts of similar length (less padding); each user still gets its own
+    scores: a batched call equals one call per user."""
+    from elmrec.recommender import _prompt_tokens
+    from elmrec.tasks import Sample
+
+    assert _prompt_tokens(Sample("direct", 7, (5, 123, 4567), 0)) == 3 + 3 + 4 + 4  # _ and word piece + chunks
+    rec = Recommender.from_pretrained(trained_checkpoint, device="cpu", eval_batch_size=3)
+    users = np.array([150, 1, 250, 2, 350, 3, 4])  # user ids of one and of two digit chunks
+    hist = [quick_dataset.split_history(int(u), "test") for u in users]
+    cands = np.concatenate([quick_dataset.targets("test")[users][:, None], quick_dataset.negatives[users]], 1)
+    # prompts of different lengths in both tasks, so the batches are not in the callers' order
+    assert len({_prompt_tokens(Sample("direct", int(u), tuple(c), 0)) for u, c in zip(users, cands)}) > 1
+    assert len({len(h) for h in hist}) > 1
+    batched = rec.score_candidates(users, hist, cands)
+    single = np.concatenate([rec.score_candidates(users[k : k + 1], hist[k : k + 1], cands[k : k + 1])
+                             for k in range(len(users))])
+    np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-4)
+    items, _, _ = rec.generate_sequential(users, hist)
+    for k in range(len(users)):
+        np.testing.assert_array_equal(items[k], rec.generate_sequential(users[k : k + 1], hist[k : k + 1])[0][0])
 
 
 def test_explain_needs_a_model_trained_on_explanations(rec):
@@ -266,9 +292,10 @@ def test_diagnose_script_reports_user_dependence_and_encoder_geometry(trained_ch
     assert all(-1 <= g["cosine"] < 0.8 and g["norm"] > 0 for g in row["encoder"])
     assert 0 <= row["graph_signal"]["hr@10"] <= 1 and row["graph_signal"]["token_norm"] > 0
     reading = row["candidate_reading"]
-    # this model beats popularity on direct and prefers the items its prompt lists (measured 0.60;
-    # every Beauty checkpoint in BENCHMARKS.md scores 0.50, i.e. ignores its list)
-    assert reading["users"] == 20 and reading["listed_wins"] > 0.55 and reading["log_likelihood_gap"] > 0
+    # this model beats popularity on direct and prefers the items its prompt lists (0.53-0.60 over
+    # seeds and versions of this fixture, 0.57 now; every Beauty checkpoint in BENCHMARKS.md scores
+    # 0.497-0.501, i.e. ignores its list)
+    assert reading["users"] == 20 and reading["listed_wins"] > 0.52 and reading["log_likelihood_gap"] > 0.02
 
 
 def test_candidate_reading_counts_listed_wins_and_samples_only_unlisted_items(trained_checkpoint, quick_dataset,
