@@ -69,15 +69,22 @@ def test_hand_written_backward_under_bf16_autocast():
         torch.testing.assert_close(t.grad, ref, rtol=0.05, atol=0.05)
 
 
-def test_block_attention_equals_a_block_diagonal_causal_mask():
-    """Candidate scoring: attention per block of L positions is the full attention with a
-    block-diagonal causal mask, T5's distance-only bias included."""
-    B, H, C, L, D = 2, 3, 4, 3, 5
+@pytest.mark.parametrize("P", [1, 2])
+def test_block_attention_decodes_each_candidate_as_if_alone(P):
+    """Candidate scoring: a shared prefix of P positions, then C suffixes of S positions. Each
+    suffix must see the prefix and itself (causally) with the bias of its distance in a separate
+    decoding of prefix + suffix, and no other candidate."""
+    B, H, C, S, D = 2, 3, 4, 3, 5
+    T = P + C * S
     g = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(B, H, C * L, D, generator=g) for _ in range(3))
-    dist = torch.arange(C * L)[None, :] - torch.arange(C * L)[:, None]  # j - i
-    table = torch.randn(H, 2 * C * L, generator=g)
-    bias = table[:, dist + C * L][None]  # depends on the distance only, like T5's
-    pos = torch.arange(C * L)
-    mask = ((pos[:, None] // L) == (pos[None, :] // L)) & (pos[:, None] >= pos[None, :])
-    torch.testing.assert_close(_block_attention(q, k, v, bias, L), _reference(q, k, v, bias, mask, 1.0, False))
+    q, k, v = (torch.randn(B, H, T, D, generator=g) for _ in range(3))
+    table = torch.randn(H, 2 * T + 1, generator=g)
+    packed = torch.arange(T)
+    packed_bias = table[:, packed[None, :] - packed[:, None] + T][None]  # what T5 computes, j - i
+    logical = torch.cat([torch.arange(P), P + torch.arange(T - P) % S])  # position in its own decoding
+    owner = torch.cat([torch.full((P,), -1), torch.arange(T - P) // S])  # -1: the shared prefix
+    bias = table[:, logical[None, :] - logical[:, None] + T][None]
+    visible = ((owner[None, :] == -1) | (owner[None, :] == owner[:, None])) & (logical[None, :] <= logical[:, None])
+    visible &= (owner[:, None] != -1) | (owner[None, :] == -1)  # the prefix sees only itself
+    torch.testing.assert_close(_block_attention(q, k, v, packed_bias, (P, S)),
+                               _reference(q, k, v, bias, visible, 1.0, False))

@@ -108,17 +108,29 @@ def _dropout_attention(module, query, key, value, mask, scaling, dropout, positi
     return torch.matmul(probs, value)
 
 
-def _block_attention(query, key, value, position_bias, block: int) -> torch.Tensor:
-    """Causal self-attention inside consecutive blocks of ``block`` positions, none across blocks:
-    the block-diagonal pattern of candidate scoring without its (C*L)^2 score tensor. T5's bias
-    depends only on the distance j - i, so the first block's bias holds for every block."""
+def _block_attention(query, key, value, position_bias, block: tuple[int, int]) -> torch.Tensor:
+    """Candidate scoring's self-attention: the sequence is a shared prefix of P positions (the
+    start token and what every candidate begins with), then C candidate suffixes of S positions
+    each. The prefix attends causally to itself, each suffix causally to the prefix and to itself,
+    never to another candidate - as if every candidate were decoded alone, without (P + C*S)^2
+    scores or C copies of the prefix. T5's bias depends only on the distance j - i, so the first
+    P + S positions' bias holds for every candidate."""
+    P, S = block
     B, H, T, D = query.shape
-    q, k, v = (t.reshape(B, H, T // block, block, D) for t in (query, key, value))
-    scores = torch.matmul(q, k.transpose(-1, -2))
-    scores.add_(position_bias[:, :, None, :block, :block])
-    future = torch.ones(block, block, dtype=torch.bool, device=query.device).triu(1)
-    scores.masked_fill_(future, torch.finfo(scores.dtype).min)
-    return torch.matmul(torch.softmax(scores, dim=-1), v).reshape(B, H, T, D)
+    bias = position_bias[:, :, : P + S, : P + S]
+    neg = torch.finfo(query.dtype).min
+    causal = torch.ones(P + S, P + S, dtype=torch.bool, device=query.device).triu(1)
+    # the prefix: P x P
+    scores = torch.matmul(query[:, :, :P], key[:, :, :P].transpose(-1, -2)) + bias[:, :, :P, :P]
+    prefix = torch.matmul(torch.softmax(scores.masked_fill_(causal[:P, :P], neg), -1), value[:, :, :P])
+    # each suffix: S x (P + S), the prefix keys shared by all C candidates
+    q, k, v = (t[:, :, P:].reshape(B, H, -1, S, D) for t in (query, key, value))
+    to_prefix = torch.matmul(q, key[:, :, None, :P].transpose(-1, -2))  # (B, H, C, S, P)
+    to_self = torch.matmul(q, k.transpose(-1, -2))  # (B, H, C, S, S)
+    scores = torch.cat([to_prefix, to_self], -1) + bias[:, :, None, P:]
+    probs = torch.softmax(scores.masked_fill_(causal[P:], neg), -1)
+    suffix = torch.matmul(probs[..., :P], value[:, :, None, :P]) + torch.matmul(probs[..., P:], v)
+    return torch.cat([prefix, suffix.reshape(B, H, -1, D)], 2)
 
 
 def _padding_only(mask: torch.Tensor | None) -> torch.Tensor | None:

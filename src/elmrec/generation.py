@@ -137,12 +137,12 @@ def candidate_log_likelihood(
     model: ELMRec, hidden: torch.Tensor, mask: torch.Tensor, candidate_tokens: torch.Tensor
 ) -> torch.Tensor:
     """log P(id tokens | prompt) of every candidate: (B, C, L) token ids (pad = 0 after </s>)
-    -> (B, C). All C candidates of a user are decoded in one sequence of C*L positions;
-    self-attention stays inside each candidate (causal, per block: ``elmrec.attention``), so they
-    are independent and T5's relative position bias sees the same distances as in separate
-    decoding. The vocabulary softmax runs once per
-    distinct prefix: all candidates share their first positions (start, the word piece) and many
-    share the first digit chunk."""
+    -> (B, C). All C candidates of a user are decoded in one sequence: the decoder inputs every
+    candidate shares (the start token and the id's word piece) once, then each candidate's own
+    inputs. Self-attention never crosses candidates (``elmrec.attention``), so they are as
+    independent as in separate decoding, and T5's relative position bias sees the same distances.
+    The vocabulary softmax runs once per distinct prefix: all candidates share their first
+    positions and many the first digit chunk."""
     B, C, L = candidate_tokens.shape
     t5, dev = model.t5, hidden.device
     start = t5.config.decoder_start_token_id
@@ -150,14 +150,19 @@ def candidate_log_likelihood(
     if t5.config._attn_implementation != attention.NAME:  # another attention would mix the candidates
         raise ValueError(f"candidate scoring needs the {attention.NAME!r} attention, not "
                          f"{t5.config._attn_implementation!r}")
+    same = (inputs == inputs[:, :1]).all(1).all(0)  # positions where every candidate has the same input
+    P = min(int(same.long().cumprod(0).sum()), L - 1)  # >= 1: the start token; one position left per candidate
+    packed = torch.cat([inputs[:, 0, :P], inputs[:, :, P:].reshape(B, C * (L - P))], 1)
     states = t5.decoder(
-        input_ids=inputs.view(B, C * L), encoder_hidden_states=hidden, encoder_attention_mask=mask,
-        use_cache=False, candidate_block=L,
+        input_ids=packed, encoder_hidden_states=hidden, encoder_attention_mask=mask,
+        use_cache=False, candidate_block=(P, L - P),
     ).last_hidden_state
+    states = torch.cat([states[:, None, :P].expand(B, C, P, states.shape[-1]),
+                        states[:, P:].reshape(B, C, L - P, -1)], 2)
     # the vocabulary head in fp32 also under autocast (see ELMRec.vocabulary_logits): 100
     # candidates' scores must not tie at bf16 resolution
     with torch.autocast(dev.type, enabled=False):
-        return _candidate_scores(model, model.head_states(states.view(B * C, L, -1)), inputs, candidate_tokens)
+        return _candidate_scores(model, model.head_states(states.reshape(B * C, L, -1)), inputs, candidate_tokens)
 
 
 def _candidate_scores(model: ELMRec, states: torch.Tensor, inputs: torch.Tensor, candidate_tokens: torch.Tensor):
