@@ -354,6 +354,23 @@ def test_speed_script_times_training_and_evaluation_on_tiny_data(synthetic_dir, 
         assert message in capsys.readouterr().err
 
 
+def test_reading_seeds_script_reports_every_seed(tmp_path, capsys):
+    """benchmarks/reading_seeds.py with one epoch and two seeds, so the script cannot rot."""
+    script = _script("reading_seeds")
+    out = tmp_path / "r.json"
+    assert script.main(["--seeds", "0,1", "--users", "20", "--epochs", "1", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["seeds"]) == {"0", "1"} and report["train"]["epochs"] == 1 and report["commit"]
+    for row in report["seeds"].values():
+        assert row["users"] == 20 and 0 <= row["listed_wins"] <= 1 and row["best_valid_loss"] > 0
+    assert report["mean_listed_wins"] == pytest.approx(np.mean([r["listed_wins"] for r in report["seeds"].values()]))
+    for bad, message in ((["--seeds", "a"], "--seeds: comma-separated integers"),
+                         (["--users", "100000"], "--users: at most 600")):
+        with pytest.raises(SystemExit):
+            script.main(bad)
+        assert message in capsys.readouterr().err
+
+
 def test_graph_signal_finds_a_planted_table(trained_checkpoint, quick_dataset):
     """The graph table alone ranks the target first when each user's row is its target's row, and
     at chance level when the table is random."""

@@ -5,12 +5,13 @@ candidates (about 430 tokens) spends its time on.
 - Training: a hand-written backward. T5's relative position bias is learned, so PyTorch's fused
   CPU kernels cannot take it; autograd through "scores + bias, masked_fill, softmax" costs a copy
   and a masked fill of the score gradient per layer, which the softmax gradient (zero wherever
-  the probability is zero) makes unnecessary.
+  the probability is zero) makes unnecessary. The padding mask is one additive row, and softmax
+  and its gradient overwrite their input.
 - Inference: SDPA's fused kernel, given the smallest mask that is exact: cross-attention has no
   position bias (T5's is all zeros there), so it gets the padding mask alone instead of a
   (batch, heads, L, S) bias tensor; and candidate scoring (``generation.candidate_log_likelihood``)
-  decodes 100 short, independent ids in one sequence, whose block-diagonal self-attention is
-  computed per block instead of over all C*L x C*L pairs.
+  decodes a shared prefix and 100 short, independent id suffixes in one sequence, whose
+  attention is computed per suffix instead of over all pairs of positions.
 """
 
 from __future__ import annotations
@@ -55,10 +56,10 @@ class _BiasedAttention(torch.autograd.Function):
             scores.add_(bias)
         allowed = _fill_mask(scores, mask, causal)
         device = query.device.type
-        if torch.is_autocast_enabled(device):
-            probs = torch.softmax(scores, dim=-1)  # autocast picks its dtype
-        else:  # in place: a fresh (B, H, L, L) tensor costs as much in page faults as the softmax
-            probs = torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+        if device == "cpu" and not torch.is_autocast_enabled(device):  # in place: one (B, H, L, L)
+            probs = torch.ops.aten._softmax.out(scores, -1, False, out=scores)  # tensor fewer per layer
+        else:  # autocast picks the dtype; in-place kernels are checked on the CPU only (tests)
+            probs = torch.softmax(scores, dim=-1)
         del scores
         # a row with no allowed key gets uniform weights (as in the reference); its gradient must
         # still not reach the masked scores, so keep the mask only where such rows exist
@@ -82,8 +83,12 @@ class _BiasedAttention(torch.autograd.Function):
         query, key, value, probs, blocked = ctx.saved_tensors
         grad_value = torch.matmul(probs.transpose(-1, -2), grad_out)
         grad_probs = torch.matmul(grad_out, value.transpose(-1, -2)).to(probs.dtype)
-        grad_scores = torch.ops.aten._softmax_backward_data.out(grad_probs, probs, -1, probs.dtype,
-                                                                grad_input=grad_probs)  # in place
+        if grad_probs.device.type == "cpu":  # in place
+            grad_scores = torch.ops.aten._softmax_backward_data.out(grad_probs, probs, -1, probs.dtype,
+                                                                    grad_input=grad_probs)
+        else:
+            grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+        del grad_probs
         if blocked is not None:
             grad_scores.masked_fill_(blocked, 0.0)
         grad_bias = None
