@@ -88,3 +88,15 @@ def test_block_attention_decodes_each_candidate_as_if_alone(P):
     visible &= (owner[:, None] != -1) | (owner[None, :] == -1)  # the prefix sees only itself
     torch.testing.assert_close(_block_attention(q, k, v, packed_bias, (P, S)),
                                _reference(q, k, v, bias, visible, 1.0, False))
+
+
+def test_candidate_blocks_refuse_the_training_path():
+    """Packed candidates must never reach the attention that does not keep them apart."""
+    from types import SimpleNamespace
+
+    from elmrec.attention import biased_attention
+
+    (q, k, v), bias = _inputs(q=7)
+    module = SimpleNamespace(is_causal=True, is_decoder=True, training=True)
+    with pytest.raises(ValueError, match="without gradients"):
+        biased_attention(module, q, k, v, None, position_bias=bias, candidate_block=(1, 2))

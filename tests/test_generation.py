@@ -115,6 +115,19 @@ def test_exact_candidate_scoring_equals_brute_force(setup):
             assert fast[r, c] == pytest.approx(brute, abs=1e-4)
 
 
+def test_candidate_scores_never_read_uninitialised_memory(setup, monkeypatch):
+    """Ids of different token lengths leave padding positions; a fresh tensor full of NaN (what
+    torch.empty may hand back) must not reach any score."""
+    model, tok = setup
+    cands = np.array([[4, 150, 99, 1, 140, 7]])  # one- and two-chunk ids: padding in the short ones
+    hidden, mask = _encode(model, tok, DIRECT, [Sample(DIRECT, 1, tuple(cands[0]), 4)])
+    expected = candidate_log_likelihood(model, hidden, mask, candidate_tokens(tok, cands, "cpu"))
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: empty(*a, **k).fill_(float("nan")))
+    got = candidate_log_likelihood(model, hidden, mask, candidate_tokens(tok, cands, "cpu"))
+    assert torch.isfinite(got).all() and torch.equal(got, expected)
+
+
 def test_rerank_drops_history_and_fills_top_n():
     items = np.array([[5, 1, 9, 2, 7, 8, 3], [4, 4, 0, 0, 0, 0, 0]])
     scores = -np.arange(7, dtype=float)[None].repeat(2, 0)

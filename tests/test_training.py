@@ -199,6 +199,10 @@ def test_micro_batches_give_the_gradients_of_the_whole_batch(tmp_path, task):
 
 
 def test_length_groups_cover_the_batch_and_cut_padding(tmp_path, synthetic_dataset):
+    import dataclasses
+
+    import torch
+
     from elmrec.training import _Training, chunks, make_batch
 
     run = _Training(_cfg(), synthetic_dataset, tmp_path, rank=0, world_size=1)
@@ -215,6 +219,12 @@ def test_length_groups_cover_the_batch_and_cut_padding(tmp_path, synthetic_datas
     full = [tuple(row[m > 0].tolist()) for row, m in zip(batch.inputs["input_ids"], batch.inputs["attention_mask"])]
     assert sorted(seen) == sorted(full)
     assert len(list(chunks(batch, micro_batch_size=batch.size, length_groups=1))) == 1
+    # prompts of one length: groups would cut no padding, so the batch stays whole, micro-batch or not
+    same = dataclasses.replace(batch, inputs={n: t[:, :5] for n, t in batch.inputs.items()})
+    same.inputs["attention_mask"] = torch.ones_like(same.inputs["attention_mask"])
+    for micro in (None, batch.size):
+        assert len(list(chunks(same, micro_batch_size=micro, length_groups=4))) == 1
+    assert len(list(chunks(same, micro_batch_size=batch.size // 2, length_groups=4))) == 2
     with pytest.raises(ValueError, match="train.length_groups must be >= 1, got 0"):
         _cfg(length_groups=0)
 

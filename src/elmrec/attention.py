@@ -168,6 +168,8 @@ def biased_attention(module, query, key, value, attention_mask, scaling=None, dr
     scaling = 1.0 if scaling is None else scaling
     if not torch.is_grad_enabled():
         return _inference_attention(module, query, key, value, attention_mask, scaling, position_bias, kwargs)
+    if kwargs.get("candidate_block") is not None:  # the training path has no per-candidate blocks
+        raise ValueError("candidate scoring (candidate_block) runs without gradients")
     if dropout and module.training:
         out = _dropout_attention(module, query, key, value, attention_mask, scaling, dropout, position_bias)
     else:

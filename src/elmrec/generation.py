@@ -174,7 +174,7 @@ def _candidate_scores(model: ELMRec, states: torch.Tensor, inputs: torch.Tensor,
     real = target != t5.config.pad_token_id
     # the state at position p depends only on (user, inputs[:p+1]): one softmax per distinct prefix
     group = torch.arange(B, device=dev).repeat_interleave(C)  # (user, prefix) class of each row
-    lse = torch.empty(B * C, L, device=dev)
+    lse = torch.zeros(B * C, L, device=dev)  # padding positions stay 0: garbage there made NaN scores
     for p in range(L):
         group = torch.unique(group * len(weight) + inputs.view(B * C, L)[:, p], return_inverse=True)[1]
         keep = real[:, p].nonzero().squeeze(1)

@@ -167,6 +167,8 @@ class Recommender:
         keys = [(s.user, s.items, beams, self.eval.eval_amp) for s in samples]
         if memo is not None and all(k in memo and memo[k][0].shape[0] >= n_gen for k in keys):
             return np.stack([memo[k][0][:n_gen] for k in keys]), np.stack([memo[k][1][:n_gen] for k in keys])
+        if not samples:
+            return np.zeros((0, n_gen), np.int64), np.zeros((0, n_gen), np.float32)
         items = scores = None
         trie = self.trie()
         for rows in self._batches(samples):

@@ -72,24 +72,24 @@ def _trim(t: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 
 
 def chunks(batch: Batch, micro_batch_size: int | None = None, length_groups: int = 1) -> Iterator[tuple]:
-    """The batch as (inputs, labels) chunks: sorted by prompt length into ``length_groups`` groups
-    (or chunks of ``micro_batch_size`` samples, whichever are smaller), each cut to its own longest
-    prompt and target. Padding is most of a random batch's sequential prompt (a few items padded to
-    the longest history of 20), and the chunks change nothing in the batch's gradient. Groups are
-    only formed where they cut the batch's padded tokens by a tenth or more: smaller products cost
-    more per token."""
+    """The batch as (inputs, labels) chunks sorted by prompt length, each cut to its own longest
+    prompt and target: ``micro_batch_size`` samples each, or ``length_groups`` groups where those
+    are smaller and cut the padded tokens by a tenth or more (smaller products cost more per
+    token). Padding is most of a random batch's sequential prompt (a few items padded to the
+    longest history of 20), and the chunks change nothing in the batch's gradient."""
     mask = batch.inputs["attention_mask"]
     lengths = mask.sum(1).cpu()
+    plain = min(micro_batch_size or batch.size, batch.size)  # chunks in batch order, as padded
+    size = min(-(-batch.size // max(1, length_groups)), plain)
     order = torch.argsort(lengths, stable=True)
-    size = -(-batch.size // max(1, length_groups))
-    if size < batch.size and micro_batch_size is None:
-        padded = sum(int(lengths[order[k : k + size]].max()) * len(order[k : k + size])
-                     for k in range(0, batch.size, size))
-        if padded > 0.9 * int(lengths.max()) * batch.size:
-            size = batch.size
-    size = min(size, micro_batch_size or size)
-    if size >= batch.size:
-        order = torch.arange(batch.size)
+
+    def padded(rows: torch.Tensor, n: int) -> int:
+        return sum(int(lengths[rows[k : k + n]].max()) * len(rows[k : k + n]) for k in range(0, len(rows), n))
+
+    if size < plain and padded(order, size) > 0.9 * padded(torch.arange(batch.size), plain):
+        size = plain
+    if size == batch.size:
+        order = torch.arange(batch.size)  # one chunk: the batch as it is
     for k in range(0, batch.size, size):
         rows = order[k : k + size].to(mask.device)
         real = mask[rows] > 0
