@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from elmrec.attention import _BiasedAttention, _block_attention
+from elmrec.attention import _BiasedAttention, _tree_attention
 
 
 def _reference(query, key, value, bias, mask, scaling, causal):
@@ -69,28 +69,36 @@ def test_hand_written_backward_under_bf16_autocast():
         torch.testing.assert_close(t.grad, ref, rtol=0.05, atol=0.05)
 
 
-@pytest.mark.parametrize("P", [1, 2])
-def test_block_attention_decodes_each_candidate_as_if_alone(P):
-    """Candidate scoring: a shared prefix of P positions, then C suffixes of S positions. Each
-    suffix must see the prefix and itself (causally) with the bias of its distance in a separate
-    decoding of prefix + suffix, and no other candidate."""
-    B, H, C, S, D = 2, 3, 4, 3, 5
-    T = P + C * S
+def test_tree_attention_decodes_each_node_as_if_alone():
+    """Candidate scoring: every node of a prefix tree must see exactly its ancestors and itself,
+    with the bias of their distance in its own decoding (depth), not in the packed sequence."""
+    parents = [[0, 0, 1, 1, 0, 4], [0, 0, 1, 2, 3, 5]]  # a node's parent; the root (and padding): itself
+    B, H, T, D = 2, 3, 6, 5
+    up = torch.tensor(parents)
+    depth = torch.zeros(B, T, dtype=torch.long)
+    ancestors = torch.eye(T, dtype=torch.bool).repeat(B, 1, 1)
+    for b in range(B):
+        for i in range(T):
+            j = i
+            while up[b, j] != j:
+                j = int(up[b, j])
+                ancestors[b, i, j] = True
+                depth[b, i] += 1
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(B, H, T, D, generator=g) for _ in range(3))
     table = torch.randn(H, 2 * T + 1, generator=g)
     packed = torch.arange(T)
     packed_bias = table[:, packed[None, :] - packed[:, None] + T][None]  # what T5 computes, j - i
-    logical = torch.cat([torch.arange(P), P + torch.arange(T - P) % S])  # position in its own decoding
-    owner = torch.cat([torch.full((P,), -1), torch.arange(T - P) // S])  # -1: the shared prefix
-    bias = table[:, logical[None, :] - logical[:, None] + T][None]
-    visible = ((owner[None, :] == -1) | (owner[None, :] == owner[:, None])) & (logical[None, :] <= logical[:, None])
-    visible &= (owner[:, None] != -1) | (owner[None, :] == -1)  # the prefix sees only itself
-    torch.testing.assert_close(_block_attention(q, k, v, packed_bias, (P, S)),
-                               _reference(q, k, v, bias, visible, 1.0, False))
+    got = _tree_attention(q, k, v, packed_bias, (depth, ancestors), 1.0)
+    for b in range(B):
+        for i in range(T):
+            path = ancestors[b, i].nonzero().squeeze(1)  # parents first: depth order
+            bias = table[:, depth[b, path] - depth[b, i] + T]  # (H, len(path))
+            weights = torch.softmax(torch.einsum("hd,hjd->hj", q[b, :, i], k[b][:, path]) + bias, -1)
+            torch.testing.assert_close(got[b, :, i], torch.einsum("hj,hjd->hd", weights, v[b][:, path]))
 
 
-def test_candidate_blocks_refuse_the_training_path():
+def test_candidate_trees_refuse_the_training_path():
     """Packed candidates must never reach the attention that does not keep them apart."""
     from types import SimpleNamespace
 
@@ -99,4 +107,4 @@ def test_candidate_blocks_refuse_the_training_path():
     (q, k, v), bias = _inputs(q=7)
     module = SimpleNamespace(is_causal=True, is_decoder=True, training=True)
     with pytest.raises(ValueError, match="without gradients"):
-        biased_attention(module, q, k, v, None, position_bias=bias, candidate_block=(1, 2))
+        biased_attention(module, q, k, v, None, position_bias=bias, candidate_tree=(None, None))

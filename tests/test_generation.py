@@ -13,6 +13,7 @@ from elmrec.generation import (
     candidate_log_likelihood,
     candidate_tokens,
     item_token_ids,
+    prefix_tree,
     rerank,
 )
 from elmrec.model import build_model
@@ -113,6 +114,27 @@ def test_exact_candidate_scoring_equals_brute_force(setup):
                                   labels=labels).logits
             brute = logits.log_softmax(-1).gather(-1, labels[..., None]).sum().item()
             assert fast[r, c] == pytest.approx(brute, abs=1e-4)
+
+
+def test_prefix_tree_has_one_node_per_distinct_prefix_of_each_user():
+    """Shared prefixes are decoded once per user, never shared across users, and every
+    candidate's tokens are predicted from the node of exactly its own prefix."""
+    start, pad = 7, 0
+    tokens = torch.tensor([[[3, 4, 1, 0], [3, 5, 1, 0], [3, 4, 6, 1]],   # user 0: 3 4 shared
+                           [[3, 4, 1, 0], [8, 1, 0, 0], [8, 1, 0, 0]]])  # user 1: a duplicate
+    tree = prefix_tree(tokens, start, pad)
+    for b in range(2):
+        inputs = [[start, *[t for t in row.tolist() if t != pad][:-1]] for row in tokens[b]]
+        prefixes = {tuple(seq[: p + 1]) for seq in inputs for p in range(len(seq))}
+        n = int((tree.tokens[b] != pad).sum())
+        assert n == len(prefixes)
+        # a node's prefix: the tokens of its ancestors, in depth order
+        path = {i: tuple(tree.tokens[b, tree.ancestors[b, i]].tolist()) for i in range(n)}
+        assert set(path.values()) == prefixes
+        assert all(tree.depth[b, i] == len(path[i]) - 1 for i in range(n))
+        for c, seq in enumerate(inputs):
+            for p in range(len(seq)):
+                assert path[int(tree.node[b, c, p])] == tuple(seq[: p + 1])
 
 
 def test_candidate_scores_never_read_uninitialised_memory(setup, monkeypatch):

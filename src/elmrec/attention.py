@@ -10,8 +10,7 @@ candidates (about 430 tokens) spends its time on.
 - Inference: SDPA's fused kernel, given the smallest mask that is exact: cross-attention has no
   position bias (T5's is all zeros there), so it gets the padding mask alone instead of a
   (batch, heads, L, S) bias tensor; and candidate scoring (``generation.candidate_log_likelihood``)
-  decodes a shared prefix and 100 short, independent id suffixes in one sequence, whose
-  attention is computed per suffix instead of over all pairs of positions.
+  decodes the prefix tree of 100 ids as one sequence, each node attending to its ancestors.
 """
 
 from __future__ import annotations
@@ -113,29 +112,19 @@ def _dropout_attention(module, query, key, value, mask, scaling, dropout, positi
     return torch.matmul(probs, value)
 
 
-def _block_attention(query, key, value, position_bias, block: tuple[int, int]) -> torch.Tensor:
-    """Candidate scoring's self-attention: the sequence is a shared prefix of P positions (the
-    start token and what every candidate begins with), then C candidate suffixes of S positions
-    each. The prefix attends causally to itself, each suffix causally to the prefix and to itself,
-    never to another candidate - as if every candidate were decoded alone, without (P + C*S)^2
-    scores or C copies of the prefix. T5's bias depends only on the distance j - i, so the first
-    P + S positions' bias holds for every candidate."""
-    P, S = block
-    B, H, T, D = query.shape
-    bias = position_bias[:, :, : P + S, : P + S]
-    neg = torch.finfo(query.dtype).min
-    causal = torch.ones(P + S, P + S, dtype=torch.bool, device=query.device).triu(1)
-    # the prefix: P x P
-    scores = torch.matmul(query[:, :, :P], key[:, :, :P].transpose(-1, -2)) + bias[:, :, :P, :P]
-    prefix = torch.matmul(torch.softmax(scores.masked_fill_(causal[:P, :P], neg), -1), value[:, :, :P])
-    # each suffix: S x (P + S), the prefix keys shared by all C candidates
-    q, k, v = (t[:, :, P:].reshape(B, H, -1, S, D) for t in (query, key, value))
-    to_prefix = torch.matmul(q, key[:, :, None, :P].transpose(-1, -2))  # (B, H, C, S, P)
-    to_self = torch.matmul(q, k.transpose(-1, -2))  # (B, H, C, S, S)
-    scores = torch.cat([to_prefix, to_self], -1) + bias[:, :, None, P:]
-    probs = torch.softmax(scores.masked_fill_(causal[P:], neg), -1)
-    suffix = torch.matmul(probs[..., :P], value[:, :, None, :P]) + torch.matmul(probs[..., P:], v)
-    return torch.cat([prefix, suffix.reshape(B, H, -1, D)], 2)
+def _tree_attention(query, key, value, position_bias, tree, scaling: float) -> torch.Tensor:
+    """Candidate scoring's self-attention over a prefix tree (``generation.PrefixTree``): each
+    node attends to itself and its ancestors, with the bias of their distance in depth, which is
+    what it would see decoded alone. T5's bias depends only on the distance j - i, so row L - 1 of
+    the packed sequence's bias holds it for every distance 0..L-1 (T >= L: a node at depth L - 1
+    has L - 1 ancestors)."""
+    depth, ancestors = tree
+    L = int(depth.max()) + 1
+    table = position_bias[0, :, L - 1, L - 1 - torch.arange(L, device=depth.device)]  # (H, L) by distance
+    distance = (depth[:, :, None] - depth[:, None, :]).clamp_(0, L - 1)  # (B, T, T)
+    bias = table[:, distance].transpose(0, 1).to(query.dtype)  # (B, H, T, T)
+    bias.masked_fill_(~ancestors[:, None], torch.finfo(bias.dtype).min)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scaling)
 
 
 def _padding_only(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -144,9 +133,9 @@ def _padding_only(mask: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _inference_attention(module, query, key, value, mask, scaling, position_bias, kwargs):
-    block = kwargs.get("candidate_block")
-    if module.is_causal and block is not None and query.shape[-2] == key.shape[-2]:
-        out = _block_attention(query, key, value, position_bias, block)
+    tree = kwargs.get("candidate_tree")
+    if module.is_causal and tree is not None and query.shape[-2] == key.shape[-2]:
+        out = _tree_attention(query, key, value, position_bias, tree, scaling)
         return out.transpose(1, 2).contiguous(), None
     if not module.is_causal and (mask is None or mask.dtype == torch.bool):
         mask = _padding_only(mask)
@@ -168,8 +157,8 @@ def biased_attention(module, query, key, value, attention_mask, scaling=None, dr
     scaling = 1.0 if scaling is None else scaling
     if not torch.is_grad_enabled():
         return _inference_attention(module, query, key, value, attention_mask, scaling, position_bias, kwargs)
-    if kwargs.get("candidate_block") is not None:  # the training path has no per-candidate blocks
-        raise ValueError("candidate scoring (candidate_block) runs without gradients")
+    if kwargs.get("candidate_tree") is not None:  # the training path does not keep candidates apart
+        raise ValueError("candidate scoring (candidate_tree) runs without gradients")
     if dropout and module.training:
         out = _dropout_attention(module, query, key, value, attention_mask, scaling, dropout, position_bias)
     else:

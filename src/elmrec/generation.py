@@ -6,9 +6,9 @@
   its cross-attention keys/values are computed once per user and shared by that user's beams,
   and the self-attention key/value cache is reordered as beams move;
 - ``candidate_log_likelihood``: the exact log-likelihood of every candidate id in ONE decoder
-  pass per batch: the candidates of a user are packed side by side into one decoder sequence with
-  a block-diagonal causal mask (one mask for the batch, not one per user), so cross-attention
-  over the prompt is shared and never copied; the vocabulary softmax runs once per distinct prefix.
+  pass per batch: a user's candidates are merged into their prefix tree, one decoder position
+  per distinct prefix, attending to its ancestors only; cross-attention over the prompt is
+  shared and never copied, and the vocabulary softmax runs once per tree node.
 """
 
 from __future__ import annotations
@@ -132,58 +132,91 @@ def beam_search(
     return items[:, :n_return], score[:, :n_return]
 
 
+@dataclass(frozen=True)
+class PrefixTree:
+    """The decoder inputs of a user's candidates merged where they agree: one decoder position per
+    distinct prefix, so a prefix that many candidates share (the start token, the id's word piece,
+    a first digit chunk) is decoded once. Nodes of a user are in order of depth, parents first."""
+
+    tokens: torch.Tensor  # (B, T) input token of each node; pad beyond a user's last node
+    depth: torch.Tensor  # (B, T) position of the node in its own decoding (0: the start token)
+    ancestors: torch.Tensor  # (B, T, T) bool: node j is node i or one of its ancestors
+    node: torch.Tensor  # (B, C, L) the node whose state predicts token p of candidate c (0 at padding)
+
+
+def prefix_tree(candidate_tokens: torch.Tensor, start: int, pad: int) -> PrefixTree:
+    """Merge the decoder inputs (start token, then the id's tokens but the last) of (B, C, L)
+    candidates into one prefix tree per user."""
+    B, C, L = candidate_tokens.shape
+    dev = candidate_tokens.device
+    inputs = torch.cat([torch.full_like(candidate_tokens[..., :1], start), candidate_tokens[..., :-1]], -1)
+    inputs, real = inputs.reshape(B * C, L), (candidate_tokens != pad).reshape(B * C, L)
+    vocab = int(inputs.max()) + 1
+    user = torch.arange(B, device=dev).repeat_interleave(C)
+    prev = user.clone()  # a row's node at p - 1 (global id); at p = 0 the user, so users never share nodes
+    node_of = torch.zeros(B * C, L, dtype=torch.long, device=dev)
+    owner, depth, token, parent = [], [], [], []
+    n_nodes = 0
+    for p in range(L):  # real positions are a prefix of each row (padding follows </s>)
+        rows = real[:, p].nonzero().squeeze(1)
+        uniq, inverse = torch.unique(prev[rows] * vocab + inputs[rows, p], return_inverse=True)
+        first = rows[torch.full((len(uniq),), len(rows), device=dev).scatter_reduce(
+            0, inverse, torch.arange(len(rows), device=dev), "amin")]  # a row that has the node
+        owner.append(user[first])
+        depth.append(torch.full_like(first, p))
+        token.append(inputs[first, p])
+        parent.append(prev[first] if p else torch.full_like(first, -1))
+        node_of[rows, p] = prev[rows] = n_nodes + inverse
+        n_nodes += len(uniq)
+    owner, depth, token, parent = (torch.cat(t) for t in (owner, depth, token, parent))
+    order = torch.argsort(owner, stable=True)  # by user; within a user, by depth as created
+    counts = torch.bincount(owner, minlength=B)
+    local = torch.empty_like(owner)
+    local[order] = torch.arange(n_nodes, device=dev) - (torch.cumsum(counts, 0) - counts)[owner[order]]
+    T = int(counts.max())
+    packed = torch.full((B, T), pad, dtype=torch.long, device=dev)
+    packed[owner, local] = token
+    node_depth = torch.zeros(B, T, dtype=torch.long, device=dev)
+    node_depth[owner, local] = depth
+    up = torch.arange(T, device=dev).repeat(B, 1)  # parent of each node; the roots and padding: itself
+    has_parent = parent >= 0
+    up[owner[has_parent], local[has_parent]] = local[parent[has_parent]]
+    ancestors = torch.eye(T, dtype=torch.bool, device=dev).repeat(B, 1, 1)
+    walk = up.clone()
+    for _ in range(L - 1):
+        ancestors.scatter_(2, walk[..., None], True)
+        walk = up.gather(1, walk)
+    return PrefixTree(packed, node_depth, ancestors, (local[node_of] * real).view(B, C, L))
+
+
 @torch.no_grad()
 def candidate_log_likelihood(
     model: ELMRec, hidden: torch.Tensor, mask: torch.Tensor, candidate_tokens: torch.Tensor
 ) -> torch.Tensor:
     """log P(id tokens | prompt) of every candidate: (B, C, L) token ids (pad = 0 after </s>)
-    -> (B, C). All C candidates of a user are decoded in one sequence: the decoder inputs every
-    candidate shares (the start token and the id's word piece) once, then each candidate's own
-    inputs. Self-attention never crosses candidates (``elmrec.attention``), so they are as
-    independent as in separate decoding, and T5's relative position bias sees the same distances.
-    The vocabulary softmax runs once per distinct prefix: all candidates share their first
-    positions and many the first digit chunk."""
+    -> (B, C). A user's candidates are decoded together as their prefix tree (``PrefixTree``):
+    each node attends to its ancestors only, with T5's relative position bias of their distance in
+    depth (``elmrec.attention``), so its state is exactly that of decoding its prefix alone, and
+    the vocabulary softmax runs once per node. For 100 Beauty ids (4-5 tokens) that is about 190
+    decoder positions per user instead of 500."""
     B, C, L = candidate_tokens.shape
-    t5, dev = model.t5, hidden.device
-    start = t5.config.decoder_start_token_id
-    inputs = torch.cat([torch.full_like(candidate_tokens[..., :1], start), candidate_tokens[..., :-1]], -1)
+    t5 = model.t5
     if t5.config._attn_implementation != attention.NAME:  # another attention would mix the candidates
         raise ValueError(f"candidate scoring needs the {attention.NAME!r} attention, not "
                          f"{t5.config._attn_implementation!r}")
-    same = (inputs == inputs[:, :1]).all(1).all(0)  # positions where every candidate has the same input
-    P = min(int(same.long().cumprod(0).sum()), L - 1)  # >= 1: the start token; one position left per candidate
-    packed = torch.cat([inputs[:, 0, :P], inputs[:, :, P:].reshape(B, C * (L - P))], 1)
+    pad = t5.config.pad_token_id
+    tree = prefix_tree(candidate_tokens, t5.config.decoder_start_token_id, pad)
     states = t5.decoder(
-        input_ids=packed, encoder_hidden_states=hidden, encoder_attention_mask=mask,
-        use_cache=False, candidate_block=(P, L - P),
+        input_ids=tree.tokens, encoder_hidden_states=hidden, encoder_attention_mask=mask,
+        use_cache=False, candidate_tree=(tree.depth, tree.ancestors),
     ).last_hidden_state
-    states = torch.cat([states[:, None, :P].expand(B, C, P, states.shape[-1]),
-                        states[:, P:].reshape(B, C, L - P, -1)], 2)
     # the vocabulary head in fp32 also under autocast (see ELMRec.vocabulary_logits): 100
     # candidates' scores must not tie at bf16 resolution
-    with torch.autocast(dev.type, enabled=False):
-        return _candidate_scores(model, model.head_states(states.reshape(B * C, L, -1)), inputs, candidate_tokens)
-
-
-def _candidate_scores(model: ELMRec, states: torch.Tensor, inputs: torch.Tensor, candidate_tokens: torch.Tensor):
-    """log P(id tokens) of every candidate from the decoder's fp32 head states."""
-    B, C, L = candidate_tokens.shape
-    t5, dev = model.t5, states.device
-    weight = t5.lm_head.weight.float()
-    target = candidate_tokens.reshape(B * C, L)
-    real = target != t5.config.pad_token_id
-    # the state at position p depends only on (user, inputs[:p+1]): one softmax per distinct prefix
-    group = torch.arange(B, device=dev).repeat_interleave(C)  # (user, prefix) class of each row
-    lse = torch.zeros(B * C, L, device=dev)  # padding positions stay 0: garbage there made NaN scores
-    for p in range(L):
-        group = torch.unique(group * len(weight) + inputs.view(B * C, L)[:, p], return_inverse=True)[1]
-        keep = real[:, p].nonzero().squeeze(1)
-        uniq, inverse = torch.unique(group[keep], return_inverse=True)
-        first = torch.full((len(uniq),), len(keep), device=dev).scatter_reduce(
-            0, inverse, torch.arange(len(keep), device=dev), "amin")
-        lse[keep, p] = (states[keep[first], p] @ weight.T).logsumexp(-1)[inverse]
-    tok_lp = (states * weight[target.clamp(min=0)]).sum(-1) - lse
-    return (tok_lp * real).sum(-1).view(B, C)
+    log_probs = model.vocabulary_logits(states).log_softmax(-1)  # (B, T, V)
+    V = log_probs.shape[-1]
+    target = candidate_tokens.clamp(min=0)
+    token_lp = log_probs.view(B, -1).gather(1, (tree.node * V + target).view(B, C * L)).view(B, C, L)
+    return (token_lp * (candidate_tokens != pad)).sum(-1)
 
 
 def candidate_tokens(tokenizer: PreTrainedTokenizerBase, candidates: np.ndarray, device) -> torch.Tensor:
