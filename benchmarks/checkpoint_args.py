@@ -38,11 +38,11 @@ def load_data(p: argparse.ArgumentParser, args: argparse.Namespace) -> Dataset:
     return reindex(dataset, "random", seed=0) if args.reindex == "random" else dataset
 
 
-def load_checkpoint(p: argparse.ArgumentParser, path: str, dataset: Dataset) -> Recommender:
-    """The checkpoint on the CPU, refused (usage error) when it was trained on other data, e.g. with
-    a --reindex other than its own: its ids would silently mean other items."""
+def load_checkpoint(p: argparse.ArgumentParser, path: str, dataset: Dataset, device: str = "cpu") -> Recommender:
+    """The checkpoint (on the CPU unless told), refused (usage error) when it was trained on other
+    data, e.g. with a --reindex other than its own: its ids would silently mean other items."""
     try:
-        rec = Recommender.from_pretrained(path, device="cpu")
+        rec = Recommender.from_pretrained(path, device=device)
         rec.check_dataset(dataset.fingerprint())
     except (FileNotFoundError, ValueError) as e:
         p.error(str(e))

@@ -133,13 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--geometry-users", type=positive_int, default=8, help="direct prompts for the encoder check")
     p.add_argument("--reading-users", type=positive_int, default=200,
                    help="direct prompts for the candidate-reading check")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     args = p.parse_args(argv)
     dataset = load_data(p, args)
     users = sample_users(dataset, args.users, seed=1)  # the benchmark's probe users
     report = {"data": args.data, "reindex": args.reindex, "checkpoints": {}}
     for ck in args.checkpoints:
         t0 = time.time()
-        rec = load_checkpoint(p, ck, dataset)
+        rec = load_checkpoint(p, ck, dataset, args.device)
         dep = user_dependence(rec, dataset, "valid", users=users)
         geometry = encoder_geometry(rec, dataset, users[: args.geometry_users])
         graph = graph_signal(rec, dataset, users)

@@ -139,7 +139,7 @@ def test_direct_beam_decoding_returns_only_candidates(trained_checkpoint, quick_
     assert (np.isfinite(scores).sum(1) == 10).all()  # top_n candidates found, all others -inf
 
 
-def test_explanations_are_generated_and_scored(tmp_path, synthetic_dataset):
+def test_explanations_are_generated_and_scored(tmp_path, synthetic_dataset, synthetic_dir, capsys):
     from elmrec.config import load_config
     from elmrec.training import train
 
@@ -154,6 +154,13 @@ def test_explanations_are_generated_and_scored(tmp_path, synthetic_dataset):
     # four epochs learn the synthetic review phrases (ROUGE-1 33 measured); two epochs gave a
     # model repeating one word piece, whose scores were 0 or near it
     assert res.metrics["ROUGE-1"] > 10 and len(res.extra["examples"]) == 5
+    # the CLI prints the same metrics in its table (it once failed there: no user or candidate count)
+    out = tmp_path / "expl.json"
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best"), "--data", str(synthetic_dir), "--task",
+                 "explanation", "--users", "16", "--device", "cpu", "--no-progress", "--output", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "explanation/test" in table and f"{res.metrics['ROUGE-1']:9.4f}" in table
+    assert json.loads(out.read_text())["metrics"] == pytest.approx(res.metrics)
 
 
 def test_length_sorted_batches_return_every_result_to_its_row(trained_checkpoint, quick_dataset):
@@ -352,6 +359,35 @@ def test_speed_script_times_training_and_evaluation_on_tiny_data(synthetic_dir, 
         with pytest.raises(SystemExit):
             speed.main(["--data", str(synthetic_dir), *bad])
         assert message in capsys.readouterr().err
+
+
+def test_gpu_check_script_passes_on_one_device_and_fails_on_a_changed_model(tmp_path, capsys):
+    """benchmarks/gpu_check.py with --device cpu compares the CPU with itself: every check runs and
+    passes. Against a model whose token embeddings differ by 5%, the loss, gradient and score
+    checks fail, so the script can tell a device that computes something else."""
+    import copy
+
+    import torch
+
+    check = _script("gpu_check")
+    out = tmp_path / "g.json"
+    args = ["--device", "cpu", "--train-steps", "3", "--batch-size", "8", "--users", "8", "--output", str(out)]
+    assert check.main(args) == 0
+    report = json.loads(out.read_text())
+    assert {r["check"] for r in report["checks"]} == set(check.LIMITS) | set(check.AGREEMENT)
+    assert all(r["ok"] for r in report["checks"]) and report["argv"] == args
+    assert "checks within their limits" in capsys.readouterr().out
+
+    dataset, cfg, tok = check.setup("tiny")
+    model = check.build_model(cfg.model, dataset.n_users, dataset.n_items, *dataset.train_pairs(), len(tok), 0)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.t5.shared.weight.mul_(1.05)
+    rows = check.judge(check.check_training(model, other, dataset, cfg, tok, 8)
+                       + check.check_inference(model, other, dataset, cfg, tok, 8))
+    failed = {r["check"] for r in rows if not r["ok"]}
+    assert {"loss fp32", "gradients fp32", "direct scores fp32", "checkpoint weights"} <= failed
+    assert "gradients micro-batches" not in failed  # compares the second model with itself
 
 
 def test_reading_seeds_script_reports_every_seed(tmp_path, capsys):

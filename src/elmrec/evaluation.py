@@ -116,9 +116,11 @@ def format_table(results: Mapping[str, EvalResult]) -> str:
     for label, r in results.items():
         p = r.protocol
         values = "".join(f"{r.metrics[m]:9.4f}" if m in r.metrics else " " * 9 for m in metric_names)
+        # explanation results count (user, item) review pairs and rank nothing
+        n = p.get("n_users", p.get("n_pairs"))
         lines.append(
-            f"{label.ljust(label_w)}{values}  {p['n_users']:>5}  {p['candidates']:>10}  "
-            f"{str(p['exclude_history']):>9}"
+            f"{label.ljust(label_w)}{values}  {n:>5}  {p.get('candidates', '-'):>10}  "
+            f"{str(p.get('exclude_history', '-')):>9}"
         )
     return "\n".join(lines)
 
