@@ -106,6 +106,27 @@ def test_same_seed_same_model_and_another_seed_differs(tmp_path, synthetic_datas
     assert any((a[k] != c[k]).any() for k in a)
 
 
+def test_loader_workers_make_the_same_batches_and_unset_settings_follow_the_device(tmp_path, synthetic_dataset):
+    """Batches rendered by two loader processes are those rendered in line: the same weights. Unset
+    length groups and loader workers resolve per device (4 and 0 on a CPU, 1 and 2 on a GPU)."""
+    import torch
+
+    from elmrec.training import default_length_groups, default_loader_workers
+
+    for name, workers in (("inline", 0), ("workers", 2)):
+        train(_cfg(epochs=1, loader_workers=workers), synthetic_dataset, tmp_path / name, progress=False,
+              echo=lambda s: None)
+    a, b = _weights(tmp_path / "inline" / "best"), _weights(tmp_path / "workers" / "best")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert (default_length_groups(cpu), default_loader_workers(cpu)) == (4, 0)
+    assert (default_length_groups(gpu), default_loader_workers(gpu)) == (1, 2)
+    cfg = _cfg()
+    assert cfg.train.length_groups is None and cfg.train.loader_workers is None
+    with pytest.raises(ValueError, match=r"train.loader_workers must be >= 0 \(or unset\), got -1"):
+        _cfg(loader_workers=-1)
+
+
 def test_bf16_autocast_on_cpu_keeps_fp32_weights_and_the_loss(tmp_path, synthetic_dataset):
     """--amp runs bf16 matrix products on a CPU too: the result differs from fp32 (so it is on)
     but the validation losses agree to bf16 precision, and the stored weights stay fp32."""
@@ -225,7 +246,7 @@ def test_length_groups_cover_the_batch_and_cut_padding(tmp_path, synthetic_datas
     for micro in (None, batch.size):
         assert len(list(chunks(same, micro_batch_size=micro, length_groups=4))) == 1
     assert len(list(chunks(same, micro_batch_size=batch.size // 2, length_groups=4))) == 2
-    with pytest.raises(ValueError, match="train.length_groups must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"train.length_groups must be >= 1 \(or unset\), got 0"):
         _cfg(length_groups=0)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ from .runtime import resolve_device, tune_cpu
 from .tokenization import build_tokenizer, encode_prompts, encode_targets
 
 BEST, LAST, STATE_FILE, LOG_FILE = "best", "last", "training_state.pt", "log.jsonl"
-RESUMABLE = ("epochs", "patience", "budget_minutes", "device", "threads", "micro_batch_size", "length_groups")
+RESUMABLE = ("epochs", "patience", "budget_minutes", "device", "threads", "micro_batch_size", "length_groups",
+             "loader_workers")
 
 
 def active_tasks(cfg: Config, dataset: Dataset) -> list[str]:
@@ -49,6 +51,15 @@ class Batch:
     labels: torch.Tensor
     size: int
 
+    def to(self, device: torch.device) -> Batch:
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731 (non-blocking from pinned memory)
+        return Batch(self.task, {k: move(v) for k, v in self.inputs.items()}, move(self.labels), self.size)
+
+    def pin_memory(self) -> Batch:
+        """Called by DataLoader(pin_memory=True): page-locked memory copies to a GPU asynchronously."""
+        return Batch(self.task, {k: v.pin_memory() for k, v in self.inputs.items()}, self.labels.pin_memory(),
+                     self.size)
+
 
 def make_batch(
     samples: list[T.Sample], templates: list[int], tokenizer: PreTrainedTokenizerBase, n_users: int,
@@ -63,6 +74,46 @@ def make_batch(
         encode_targets(tokenizer, [target_text(s) for s in samples], max_tokens, device),
         len(samples),
     )
+
+
+class _BatchMaker(torch.utils.data.Dataset):
+    """An epoch's batches, rendered and tokenised on the CPU when asked for (in loader workers)."""
+
+    def __init__(self, batches: list[tuple[list[T.Sample], list[int]]], tokenizer, n_users: int, cfg: Config):
+        self.batches, self.tokenizer, self.n_users, self.cfg = batches, tokenizer, n_users, cfg
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> Batch:
+        samples, templates = self.batches[k]
+        return make_batch(samples, templates, self.tokenizer, self.n_users, self.cfg, torch.device("cpu"))
+
+
+def prepared_batches(
+    batches: list[tuple[list[T.Sample], list[int]]], tokenizer, n_users: int, cfg: Config, device: torch.device,
+    workers: int,
+) -> Iterator[Batch]:
+    """The batches as tensors on ``device``, in order. With ``workers`` > 0, that many processes
+    render and tokenise the next batches while the model trains on this one (the same tensors)."""
+    if workers == 0:
+        for samples, templates in batches:
+            yield make_batch(samples, templates, tokenizer, n_users, cfg, device)
+        return
+    # forked workers would otherwise each warn that the tokenizer's thread pool was used before
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    loader = torch.utils.data.DataLoader(
+        _BatchMaker(batches, tokenizer, n_users, cfg), batch_size=None, shuffle=False, num_workers=workers,
+        prefetch_factor=4, pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # its worker seeds must not draw from the global stream (dropout)
+    )
+    for batch in loader:
+        yield batch.to(device)
+
+
+def default_loader_workers(device: torch.device) -> int:
+    """``train.loader_workers`` when unset: 0 on a CPU, 2 elsewhere (see TrainConfig)."""
+    return 0 if device.type == "cpu" else 2
 
 
 def _trim(t: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -98,16 +149,23 @@ def chunks(batch: Batch, micro_batch_size: int | None = None, length_groups: int
         yield inputs, _trim(labels, labels != -100)
 
 
+def default_length_groups(device: torch.device) -> int:
+    """``train.length_groups`` when unset: 4 on a CPU, 1 elsewhere (see TrainConfig)."""
+    return 4 if device.type == "cpu" else 1
+
+
 def forward_backward(
     model: ELMRec, batch: Batch, micro_batch_size: int | None = None, autocast=contextlib.nullcontext,
-    length_groups: int = 1,
+    length_groups: int | None = None,
 ) -> torch.Tensor:
     """Gradients of the batch's mean token loss, in chunks (see ``chunks``); returns the loss. Each
     chunk's mean is weighted by its share of the batch's label tokens, so the gradients are those of
     the whole batch while activations are held for one chunk at a time. The graph embeddings are
-    propagated once per batch, not once per chunk."""
+    propagated once per batch, not once per chunk. ``length_groups`` None: the device's default."""
     if micro_batch_size is not None and micro_batch_size < 1:
         raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+    if length_groups is None:
+        length_groups = default_length_groups(batch.labels.device)
     n_tokens = (batch.labels != -100).sum()
     if not n_tokens:
         raise ValueError(f"a {batch.task} batch without target tokens")
@@ -251,12 +309,14 @@ class _Training:
         self.model.train()
         stats = {t: {"loss": 0.0, "batches": 0, "samples": 0, "seconds": 0.0} for t in self.tasks}
         batches = list(self.epoch_batches(self.epoch))
-        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}", disable=not progress or self.rank != 0,
+        workers = cfg.train.loader_workers
+        workers = default_loader_workers(self.device) if workers is None else workers
+        ready = prepared_batches(batches, self.tokenizer, self.data.n_users, cfg, self.device, workers)
+        bar = tqdm(ready, total=len(batches), desc=f"epoch {self.epoch + 1}", disable=not progress or self.rank != 0,
                    unit="batch", dynamic_ncols=True)
         out_of_time = False
-        for samples, templates in bar:
-            t0 = time.perf_counter()
-            batch = make_batch(samples, templates, self.tokenizer, self.data.n_users, cfg, self.device)
+        t0 = time.perf_counter()  # a step's time includes waiting for its batch
+        for batch in bar:
             self.optimizer.zero_grad(set_to_none=True)
             try:
                 loss = forward_backward(self.model, batch, cfg.train.micro_batch_size, self.autocast,
@@ -276,10 +336,12 @@ class _Training:
             s["samples"] += batch.size
             s["seconds"] += time.perf_counter() - t0
             bar.set_postfix({t[:3]: f"{v['loss'] / max(v['batches'], 1):.3f}" for t, v in stats.items()})
+            t0 = time.perf_counter()
             if deadline is not None and time.time() > deadline:
                 out_of_time = True
                 break
         bar.close()
+        ready.close()  # a budget stop ends the loader's workers now
         summary = {
             t: {"loss": v["loss"] / max(v["batches"], 1),
                 "samples_per_s": v["samples"] / v["seconds"] if v["seconds"] else 0.0,
