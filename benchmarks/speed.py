@@ -81,10 +81,7 @@ def train_speed(dataset, size: str, batches: int, batch_size: int, micro: int | 
         for k in range(batches + warmup):  # the first batches warm up the allocator and kernels
             t0 = time.perf_counter()
             users = rng.choice(dataset.users, batch_size)
-            if task == "sequential":
-                samples = T.sequential_train_samples(dataset, users, rng, cfg.train.max_history)
-            else:
-                samples = T.direct_train_samples(dataset, users, rng, cfg.train.n_negatives)
+            samples = T.train_samples(task, dataset, users, rng, cfg.train.max_history, cfg.train.n_negatives)
             templates = rng.integers(4, size=len(samples)).tolist()
             batch = make_batch(samples, templates, tok, dataset.n_users, cfg, device)
             synchronize(device)
@@ -184,6 +181,10 @@ def main(argv=None) -> int:
         dataset = load_p5(args.data)
     except DataError as e:
         p.error(str(e))
+    warm = max(16, args.eval_batch_size or 16)  # eval_speed's untimed users
+    if not args.skip_eval and args.eval_users + warm > len(dataset.users):
+        p.error(f"--eval-users: at most {len(dataset.users) - warm} for this dataset ({len(dataset.users)} users, "
+                f"{warm} of them untimed)")
     results = {"data": args.data, "threads": args.threads, "machine": machine_info(),
                "python": sys.version.split()[0], "amp": args.amp, "device": str(device),
                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,

@@ -215,6 +215,8 @@ def test_cli_errors_are_one_line(trained_checkpoint, tmp_path, capsys):
     assert "error: unknown user" in capsys.readouterr().err
     assert main(["recommend", "--checkpoint", str(tmp_path), "--user", "1"]) == 2
     assert "not an elmrec checkpoint" in capsys.readouterr().err
+    assert main(["recommend", "--checkpoint", str(trained_checkpoint), "--user", "1", "--device", "gpu"]) == 2
+    assert "error: unknown device 'gpu'; expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
 
 
 def test_cli_train_bad_input_and_ks_beyond_top_n(trained_checkpoint, quick_dir, tmp_path, capsys):

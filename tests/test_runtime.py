@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from elmrec.runtime import release_free_memory, tune_allocator, tune_cpu
+from elmrec.runtime import release_free_memory, resolve_device, tune_allocator, tune_cpu
 
 
 def _rss_mb() -> float:
@@ -36,3 +36,16 @@ def test_tune_cpu_flushes_denormal_floats():
     assert tune_cpu() or not sys.platform.startswith("linux")
     assert torch.tensor([1e-39]).mul(1.0).item() == 0.0
     assert torch.tensor([1.2e-38]).mul(1.0).item() > 0.0
+
+
+def test_devices_that_do_not_exist_here_are_clear_errors():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA device"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+    else:
+        with pytest.raises(ValueError, match="no CUDA device is available"):
+            resolve_device("cuda:0")

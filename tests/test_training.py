@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -118,13 +119,49 @@ def test_loader_workers_make_the_same_batches_and_unset_settings_follow_the_devi
               echo=lambda s: None)
     a, b = _weights(tmp_path / "inline" / "best"), _weights(tmp_path / "workers" / "best")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
-    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    cpu, gpu, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
     assert (default_length_groups(cpu), default_loader_workers(cpu)) == (4, 0)
     assert (default_length_groups(gpu), default_loader_workers(gpu)) == (1, 2)
+    assert (default_length_groups(mps), default_loader_workers(mps)) == (4, 0)  # measured on CUDA only
     cfg = _cfg()
     assert cfg.train.length_groups is None and cfg.train.loader_workers is None
     with pytest.raises(ValueError, match=r"train.loader_workers must be >= 0 \(or unset\), got -1"):
         _cfg(loader_workers=-1)
+
+
+def test_loader_workers_build_the_inline_batches_and_end_with_the_loop(synthetic_dataset):
+    """prepared_batches with 2 worker processes yields the batches built in line, tensor for tensor
+    and in order; the workers exist while it runs and are gone once the loop is closed early."""
+    import multiprocessing
+
+    import torch
+
+    from elmrec.tokenization import build_tokenizer
+    from elmrec.training import prepared_batches
+
+    ds, cfg, cpu = synthetic_dataset, _cfg(), torch.device("cpu")
+    parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
+    tok = build_tokenizer([s.target for s in T.explanation_samples(ds, "train")])
+    rng = np.random.default_rng(0)
+    batches = []
+    for task in (T.SEQUENTIAL, T.DIRECT, T.EXPLANATION, T.SEQUENTIAL):
+        s = T.train_samples(task, ds, ds.users[:24], rng, 20, 9)[:12]
+        batches.append((s, rng.integers(4, size=len(s)).tolist()))
+    inline = list(prepared_batches(batches, tok, ds.n_users, cfg, cpu, workers=0))
+    loaded = list(prepared_batches(batches, tok, ds.n_users, cfg, cpu, workers=2))
+    assert [b.task for b in loaded] == [b.task for b in inline] == ["sequential", "direct", "explanation", "sequential"]
+    for a, b in zip(inline, loaded):
+        assert a.inputs.keys() == b.inputs.keys() and all(torch.equal(a.inputs[k], b.inputs[k]) for k in a.inputs)
+        assert torch.equal(a.labels, b.labels) and a.size == b.size
+
+    before = len(multiprocessing.active_children())
+    ready = prepared_batches(batches, tok, ds.n_users, cfg, cpu, workers=2)
+    next(ready)
+    assert len(multiprocessing.active_children()) == before + 2
+    ready.close()  # what train_epoch does on a budget stop or an error
+    assert len(multiprocessing.active_children()) == before
+    # the workers go without the tokenizer's threads; the parent keeps its setting
+    assert os.environ.get("TOKENIZERS_PARALLELISM") == parallelism
 
 
 def test_bf16_autocast_on_cpu_keeps_fp32_weights_and_the_loss(tmp_path, synthetic_dataset):
@@ -258,6 +295,27 @@ def test_a_non_finite_loss_stops_training_with_advice(tmp_path, synthetic_datase
     monkeypatch.setattr(ELMRec, "forward", lambda self, *a, **k: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(FloatingPointError, match=r"non-finite \w+ loss in epoch 1; lower --lr.*last good state"):
         train(_cfg(epochs=1), synthetic_dataset, tmp_path / "run", echo=lambda s: None)
+
+
+def test_running_out_of_gpu_memory_is_one_line_with_advice(tmp_path, synthetic_dir, monkeypatch, capsys):
+    import torch
+
+    from elmrec.cli import main
+    from elmrec.model import ELMRec
+
+    real = ELMRec.forward
+
+    def forward(self, *a, **k):  # training steps only: validation must not be what fails
+        if torch.is_grad_enabled():
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(ELMRec, "forward", forward)
+    args = ["train", "--data", str(synthetic_dir), "--out", str(tmp_path / "run"), "--size", "tiny", "--epochs", "1",
+            "--batch-size", "16", "--steps-per-epoch", "2", "--valid-users", "20", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: out of GPU memory in a ") and "--micro-batch-size" in err and "\n" not in err
 
 
 def test_task_repeats_give_a_task_more_batches_per_turn(tmp_path, synthetic_dataset):

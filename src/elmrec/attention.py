@@ -62,8 +62,8 @@ class _BiasedAttention(torch.autograd.Function):
         del scores
         # a row with no allowed key gets uniform weights (as in the reference); its gradient must
         # still not reach the masked scores, so keep the mask only where such rows exist. (On a
-        # GPU the check is a host sync per layer; always masking instead, to avoid it, made
-        # t5-small training steps 6% slower on an H200: BENCHMARKS.md)
+        # GPU the check is a host sync per layer; always masking instead, to avoid it, was not
+        # faster: 6% slower in one 10-batch run of t5-small on an H200, BENCHMARKS.md)
         blocked = None
         if allowed is not None and not allowed.any(-1).all():
             blocked = ~allowed

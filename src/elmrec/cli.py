@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_cpu()
     try:
         return args.func(args)
-    except (DataError, OSError, ValueError, KeyError, FloatingPointError) as e:
+    except (DataError, OSError, ValueError, KeyError, FloatingPointError, MemoryError) as e:
         if args.traceback:
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

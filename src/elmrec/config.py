@@ -53,12 +53,13 @@ class TrainConfig:
     micro_batch_size: int | None = None
     # sort a batch by prompt length and run it in this many groups, each padded to its own longest
     # prompt: the same gradients with less padding (1: the whole batch, padded to its longest).
-    # None: 4 on a CPU, where time grows with padded tokens, and 1 on a GPU, where each forward and
-    # backward pass has a fixed cost (t5-small: 4 groups made sequential batches 4x slower there)
+    # None: 4 on a CPU, where time grows with padded tokens, and 1 on a CUDA GPU, where each forward
+    # and backward pass has a fixed cost (t5-small on an H200: 4 groups made sequential batches 3.3x
+    # slower there)
     length_groups: int | None = None
     # processes that render and tokenise the next batches while the model trains on this one.
-    # None: 0 on a CPU (2.4% of a step there; the cores are better spent on the model), 2 on a
-    # GPU (27% of a t5-small direct step when done in line)
+    # None: 0 on a CPU (2-5% of a step there; the cores are better spent on the model), 2 on a
+    # CUDA GPU (28-30% of a t5-small direct step when done in line)
     loader_workers: int | None = None
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -269,6 +270,11 @@ def _flag_type(tp) -> tuple[typing.Callable, dict]:
     return tp, {}
 
 
+# fields whose unset value means "depends on the device"
+_HELP = {"length_groups": "default: 4 on a CPU, 1 on a CUDA GPU",
+         "loader_workers": "default: 0 on a CPU, 2 on a CUDA GPU"}
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per config field (``--graph-alpha``, ``--no-use-graph``) plus ``--alpha``/``--sigma``."""
     parser.add_argument("--config", help="YAML or JSON file with model/train/eval sections")
@@ -286,7 +292,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             if conv is not None and "type" not in kwargs:
                 kwargs["type"] = conv
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            group.add_argument("--" + f.name.replace("_", "-"), help=f"default: {default}", **kwargs)
+            group.add_argument("--" + f.name.replace("_", "-"), help=_HELP.get(f.name, f"default: {default}"),
+                               **kwargs)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -90,6 +90,22 @@ def explanation_samples(
     return [Sample(EXPLANATION, rows[k][0], (rows[k][1],), rows[k][2]) for k in order]
 
 
+def train_samples(
+    task: str, dataset: Dataset, users: np.ndarray, rng: np.random.Generator, max_history: int = 20,
+    n_negatives: int = 99,
+) -> list[Sample]:
+    """One pass of a task's training samples: one per user for sequential (users with fewer than two
+    training items give none) and direct, every training review in a random order for explanation
+    (``users`` unused)."""
+    if task == SEQUENTIAL:
+        return sequential_train_samples(dataset, users, rng, max_history)
+    if task == DIRECT:
+        return direct_train_samples(dataset, users, rng, n_negatives)
+    if task == EXPLANATION:
+        return explanation_samples(dataset, "train", rng)
+    raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_IDS)}")
+
+
 def sequential_eval_samples(
     dataset: Dataset, users: np.ndarray, split: str, max_history: int = 20
 ) -> list[Sample]:

@@ -100,20 +100,27 @@ def prepared_batches(
         for samples, templates in batches:
             yield make_batch(samples, templates, tokenizer, n_users, cfg, device)
         return
-    # forked workers would otherwise each warn that the tokenizer's thread pool was used before
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     loader = torch.utils.data.DataLoader(
         _BatchMaker(batches, tokenizer, n_users, cfg), batch_size=None, shuffle=False, num_workers=workers,
         prefetch_factor=4, pin_memory=device.type == "cuda",
         generator=torch.Generator(),  # its worker seeds must not draw from the global stream (dropout)
     )
-    for batch in loader:
+    # forked workers would each warn that the tokenizer's thread pool was used before the fork:
+    # they go without it; the parent gets its setting back once they exist
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        ready = iter(loader)
+    finally:
+        if before is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+    for batch in ready:
         yield batch.to(device)
 
 
 def default_loader_workers(device: torch.device) -> int:
-    """``train.loader_workers`` when unset: 0 on a CPU, 2 elsewhere (see TrainConfig)."""
-    return 0 if device.type == "cpu" else 2
+    """``train.loader_workers`` when unset: 2 on a CUDA GPU, 0 elsewhere (see TrainConfig)."""
+    return 2 if device.type == "cuda" else 0
 
 
 def _trim(t: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -150,8 +157,8 @@ def chunks(batch: Batch, micro_batch_size: int | None = None, length_groups: int
 
 
 def default_length_groups(device: torch.device) -> int:
-    """``train.length_groups`` when unset: 4 on a CPU, 1 elsewhere (see TrainConfig)."""
-    return 4 if device.type == "cpu" else 1
+    """``train.length_groups`` when unset: 1 on a CUDA GPU, 4 elsewhere (see TrainConfig)."""
+    return 1 if device.type == "cuda" else 4
 
 
 def forward_backward(
@@ -276,11 +283,11 @@ class _Training:
         cfg, data = self.cfg, self.data
         rng = np.random.default_rng([cfg.train.seed, epoch])
         users = rng.permutation(data.users)[self.rank :: self.world]
-        per_task = {
-            T.EXPLANATION: lambda: T.explanation_samples(data, "train", rng)[self.rank :: self.world],
-            T.SEQUENTIAL: lambda: T.sequential_train_samples(data, users, rng, cfg.train.max_history),
-            T.DIRECT: lambda: T.direct_train_samples(data, users, rng, direct_negatives(cfg.train, epoch)),
-        }
+
+        def fresh(task: str) -> list[T.Sample]:  # reviews are not per user: each rank takes its share
+            s = T.train_samples(task, data, users, rng, cfg.train.max_history, direct_negatives(cfg.train, epoch))
+            return s[self.rank :: self.world] if task == T.EXPLANATION else s
+
         bs = cfg.train.batch_size
         # every task gets the same number of batches: one sample per user (or steps_per_epoch),
         # times its task_repeats (that many passes of fresh samples)
@@ -288,7 +295,7 @@ class _Training:
         repeats = {task: cfg.train.task_repeats.get(task, 1) for task in self.tasks}
         queues = {}
         for task in self.tasks:
-            s = [x for _ in range(repeats[task]) for x in per_task[task]()]
+            s = [x for _ in range(repeats[task]) for x in fresh(task)]
             chunks = [s[k : k + bs] for k in range(0, len(s), bs)][: cap * repeats[task]]
             queues[task] = [(c, rng.integers(len(TEMPLATES[task]), size=len(c)).tolist()) for c in chunks]
         for turn in range(max(math.ceil(len(queues[t]) / repeats[t]) for t in self.tasks)):
@@ -316,32 +323,22 @@ class _Training:
                    unit="batch", dynamic_ncols=True)
         out_of_time = False
         t0 = time.perf_counter()  # a step's time includes waiting for its batch
-        for batch in bar:
-            self.optimizer.zero_grad(set_to_none=True)
-            try:
-                loss = forward_backward(self.model, batch, cfg.train.micro_batch_size, self.autocast,
-                                        cfg.train.length_groups)
-            except FloatingPointError as e:
-                raise FloatingPointError(
-                    f"{e} in epoch {self.epoch + 1}; lower --lr or the whole-word scales (--alpha), or enable "
-                    f"gradient clipping (the last good state is in {self.out / LAST})"
-                ) from None
-            if cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            s = stats[batch.task]
-            s["loss"] += loss.item()
-            s["batches"] += 1
-            s["samples"] += batch.size
-            s["seconds"] += time.perf_counter() - t0
-            bar.set_postfix({t[:3]: f"{v['loss'] / max(v['batches'], 1):.3f}" for t, v in stats.items()})
-            t0 = time.perf_counter()
-            if deadline is not None and time.time() > deadline:
-                out_of_time = True
-                break
-        bar.close()
-        ready.close()  # a budget stop ends the loader's workers now
+        try:
+            for batch in bar:
+                loss = self.step(batch)
+                s = stats[batch.task]
+                s["loss"] += loss
+                s["batches"] += 1
+                s["samples"] += batch.size
+                s["seconds"] += time.perf_counter() - t0
+                bar.set_postfix({t[:3]: f"{v['loss'] / max(v['batches'], 1):.3f}" for t, v in stats.items()})
+                t0 = time.perf_counter()
+                if deadline is not None and time.time() > deadline:
+                    out_of_time = True
+                    break
+        finally:  # a budget stop or an error ends the loader's workers now, not when collected
+            bar.close()
+            ready.close()
         summary = {
             t: {"loss": v["loss"] / max(v["batches"], 1),
                 "samples_per_s": v["samples"] / v["seconds"] if v["seconds"] else 0.0,
@@ -351,6 +348,30 @@ class _Training:
         if T.DIRECT in summary:
             summary[T.DIRECT]["negatives"] = direct_negatives(cfg.train, self.epoch)
         return summary, out_of_time
+
+    def step(self, batch: Batch) -> float:
+        """One optimiser step on one batch; returns its loss. Failures name the way out."""
+        cfg = self.cfg
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            loss = forward_backward(self.model, batch, cfg.train.micro_batch_size, self.autocast,
+                                    cfg.train.length_groups)
+        except FloatingPointError as e:
+            raise FloatingPointError(
+                f"{e} in epoch {self.epoch + 1}; lower --lr or the whole-word scales (--alpha), or enable "
+                f"gradient clipping (the last good state is in {self.out / LAST})"
+            ) from None
+        except torch.cuda.OutOfMemoryError:
+            raise MemoryError(
+                f"out of GPU memory in a {batch.task} batch of {batch.size} in epoch {self.epoch + 1}; set "
+                f"--micro-batch-size (e.g. 16: the same gradients, a quarter of the activations) or a smaller "
+                f"--batch-size (the last good state is in {self.out / LAST})"
+            ) from None
+        if cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.item()
 
     @torch.no_grad()
     def validation_loss(self) -> dict[str, float]:
