@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from elmrec.runtime import release_free_memory, resolve_device, tune_allocator, tune_cpu
+from elmrec.runtime import machine_info, release_free_memory, resolve_device, tune_allocator, tune_cpu
 
 
 def _rss_mb() -> float:
@@ -49,3 +49,12 @@ def test_devices_that_do_not_exist_here_are_clear_errors():
     else:
         with pytest.raises(ValueError, match="no CUDA device is available"):
             resolve_device("cuda:0")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/cpuinfo")
+def test_machine_info_tells_cpu_generations_apart():
+    """Reports must tell a Zen 2 from a Zen 4 that both call themselves "AMD EPYC"."""
+    info = machine_info()
+    family, model = info["cpu_family_model"].split("/")
+    assert family.isdigit() and model.isdigit() and info["cpu"] and info["cores"] >= 1
+    assert set(info["isa"]) <= {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}

@@ -75,14 +75,26 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# instruction sets that change which matrix kernels run (and so speed and float results)
+_ISA = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
 def machine_info() -> dict:
     """What a benchmark figure depends on: the CPU model (float results and speed differ between
-    CPU families, so "x86_64" is not enough), the core count, the OS and the torch build."""
-    cpu = platform.processor()
+    CPU families, so "x86_64" is not enough), the core count, the OS and the torch build. A
+    virtual machine may name its CPU only "AMD EPYC" for several generations (Zen 2 and Zen 4
+    here, 1.3x apart), so the family and model numbers and the vector extensions are kept too."""
+    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "platform": platform.platform(), "torch": torch.__version__}
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
     except OSError:
-        pass
-    return {"cpu": cpu or platform.machine(), "cores": os.cpu_count(), "platform": platform.platform(),
-            "torch": torch.__version__}
+        return info
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    info["cpu"] = fields.get("model name", info["cpu"])
+    if "cpu family" in fields:
+        info["cpu_family_model"] = f"{fields['cpu family']}/{fields.get('model', '?')}"
+    flags = set(fields.get("flags", "").split())
+    info["isa"] = [x for x in _ISA if x in flags]
+    return info
