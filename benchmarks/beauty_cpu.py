@@ -26,7 +26,7 @@ from elmrec.data import load_p5, reindex
 from elmrec.evaluation import evaluate, sample_users, user_dependence
 from elmrec.io import atomic_write_text
 from elmrec.recommender import Recommender
-from elmrec.runtime import machine_info, release_free_memory
+from elmrec.runtime import machine_info, release_free_memory, resolve_device
 from elmrec.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,13 +106,14 @@ def run(args: argparse.Namespace, save) -> dict:
     wanted = ["p5", "random"] if args.reindex == "both" else [args.reindex]
     rows = args.rows.split(",")
     overrides = dict(size=args.size, budget_minutes=args.budget_minutes, valid_users=args.valid_users,
-                     threads=args.threads, epochs=args.epochs)
+                     threads=args.threads, epochs=args.epochs, device=args.device)
     for item in args.set or []:
         key, _, value = item.partition("=")
         overrides[key] = value
     out = Path(args.out)
     report = {"commit": commit(), "data": args.data, "machine": machine_info(),
-              "threads": args.threads, "date": time.strftime("%Y-%m-%d %H:%M"), "budget_minutes": args.budget_minutes,
+              "threads": args.threads, "device": args.device, "date": time.strftime("%Y-%m-%d %H:%M"),
+              "budget_minutes": args.budget_minutes,
               "preset": args.preset, "overrides": overrides, "argv": args.argv, "results": {}}
     for name in wanted:
         dataset = variants[name]
@@ -142,14 +143,15 @@ def run(args: argparse.Namespace, save) -> dict:
             summary = train(cfg, dataset, run_dir, progress=args.progress, echo=lambda s: None)
             wall = time.time() - t0
             results[f"{row} (train)"] = summary
-            best = Recommender.from_pretrained(run_dir / "best", device="cpu")
+            best = Recommender.from_pretrained(run_dir / "best", device=args.device)
             probe(row, best)
             if row != "elmrec" or "no-rerank" not in rows:
                 score(row, best, wall=wall)
                 continue
             # reranking only changes sequential results, and the search without it is the same
             # beam search cut at top_n: run it once and read both rows from it
-            plain = Recommender.from_pretrained(run_dir / "best", device="cpu", rerank=False, extra_candidates=0)
+            plain = Recommender.from_pretrained(run_dir / "best", device=args.device, rerank=False,
+                                                extra_candidates=0)
             best.beam_memo = plain.beam_memo = {}
             score(row, best, tasks=("sequential",), wall=wall)
             score("no-rerank", plain, tasks=("sequential",))
@@ -241,6 +243,8 @@ def main(argv=None) -> int:
                    help="validation users for the user-dependence check of each row (0: skip)")
     p.add_argument("--threads", type=int, help="torch threads per process (default 2, or 1 with --parallel)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any other config field, e.g. seq_alpha=0.1")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default) | cuda | auto: where every ELMRec row trains and is evaluated")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--output", help="JSON report (default: OUT/report.json), rewritten after every row")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -248,6 +252,10 @@ def main(argv=None) -> int:
     args.argv = argv
     if args.threads is None:
         args.threads = 1 if args.parallel and args.reindex == "both" else 2
+    try:
+        resolve_device(args.device)
+    except ValueError as e:
+        p.error(str(e))
     unknown = set(args.rows.split(",")) - set(ABLATIONS) - {"no-rerank"}
     if unknown:
         p.error(f"unknown rows {sorted(unknown)}; choose from {sorted(ABLATIONS) + ['no-rerank']}")

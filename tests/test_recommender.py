@@ -238,16 +238,17 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path, capsys):
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
-def test_beauty_benchmark_pipeline_runs_on_tiny_data(synthetic_dir, tmp_path):
+def test_beauty_benchmark_pipeline_runs_on_tiny_data(synthetic_dir, tmp_path, capsys):
     """benchmarks/beauty_cpu.py end to end with a tiny budget, so the script cannot rot."""
     bench = _script("beauty_cpu")
     out = tmp_path / "bench"
     assert bench.main(["--data", str(synthetic_dir), "--out", str(out), "--size", "tiny", "--epochs", "1",
                        "--budget-minutes", "0.05", "--reindex", "both", "--parallel",  # all rows (default)
                        "--valid-users", "10", "--eval-users", "12", "--probe-users", "8", "--threads", "1",
-                       "--set", "steps_per_epoch=1", "--set", "batch_size=8", "--set", "n_negatives=9"]) == 0
+                       "--set", "steps_per_epoch=1", "--set", "batch_size=8", "--set", "n_negatives=9",
+                       "--device", "cpu"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert set(report["results"]) == {"p5", "random"}
+    assert set(report["results"]) == {"p5", "random"} and report["device"] == "cpu"
     assert report["machine"]["cpu"] and report["machine"]["cores"] >= 1  # figures differ between CPUs
     rows = report["results"]["random"]
     assert {"popularity", "id-shortcut", "elmrec", "no-rerank", "no-graph", "no-incremental",
@@ -271,6 +272,9 @@ def test_beauty_benchmark_pipeline_runs_on_tiny_data(synthetic_dir, tmp_path):
     assert [line.split(" | ")[0] for line in table[2:]] == labels
     assert "p5 direct rank correlation" in probes[0]
     assert [line.split(" | ")[0] for line in probes[2:]] == [x for x in labels if x != "| no-rerank"]
+    with pytest.raises(SystemExit):  # refused before anything is trained
+        bench.main(["--data", str(synthetic_dir), "--out", str(tmp_path / "gpu"), "--device", "gpu"])
+    assert "unknown device 'gpu'" in capsys.readouterr().err and not (tmp_path / "gpu").exists()
 
 
 def test_trained_model_depends_on_the_user_and_the_cli_reports_it(trained_checkpoint, quick_dir, tmp_path, capsys):
