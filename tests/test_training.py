@@ -119,6 +119,9 @@ def test_loader_workers_make_the_same_batches_and_unset_settings_follow_the_devi
               echo=lambda s: None)
     a, b = _weights(tmp_path / "inline" / "best"), _weights(tmp_path / "workers" / "best")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    for name, workers in (("inline", 0), ("workers", 2)):  # the run's config says what ran
+        saved = json.loads((tmp_path / name / "config.json").read_text())["train"]
+        assert (saved["length_groups"], saved["loader_workers"]) == (4, workers)
     cpu, gpu, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
     assert (default_length_groups(cpu), default_loader_workers(cpu)) == (4, 0)
     assert (default_length_groups(gpu), default_loader_workers(gpu)) == (1, 2)

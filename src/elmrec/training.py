@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -227,9 +227,15 @@ class _Training:
 
     def __init__(self, cfg: Config, dataset: Dataset, out_dir: Path, rank: int, world_size: int,
                  tokenizer_dir: Path | None = None):
+        self.device = resolve_device(cfg.train.device)
+        # settings whose unset value depends on the device are resolved here, so the run's
+        # config.json and checkpoints say what ran (a resume on another device resolves anew)
+        groups, workers = cfg.train.length_groups, cfg.train.loader_workers
+        cfg = replace(cfg, train=replace(
+            cfg.train, length_groups=groups or default_length_groups(self.device),
+            loader_workers=default_loader_workers(self.device) if workers is None else workers))
         self.cfg, self.data, self.out = cfg, dataset, out_dir
         self.rank, self.world = rank, world_size
-        self.device = resolve_device(cfg.train.device)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.tasks = active_tasks(cfg, dataset)
@@ -316,9 +322,8 @@ class _Training:
         self.model.train()
         stats = {t: {"loss": 0.0, "batches": 0, "samples": 0, "seconds": 0.0} for t in self.tasks}
         batches = list(self.epoch_batches(self.epoch))
-        workers = cfg.train.loader_workers
-        workers = default_loader_workers(self.device) if workers is None else workers
-        ready = prepared_batches(batches, self.tokenizer, self.data.n_users, cfg, self.device, workers)
+        ready = prepared_batches(batches, self.tokenizer, self.data.n_users, cfg, self.device,
+                                 cfg.train.loader_workers)
         bar = tqdm(ready, total=len(batches), desc=f"epoch {self.epoch + 1}", disable=not progress or self.rank != 0,
                    unit="batch", dynamic_ncols=True)
         out_of_time = False
@@ -459,7 +464,7 @@ def train(
         echo(f"resuming after epoch {run.epoch} (best validation loss {run.best:.4f})")
     else:
         if rank == 0:
-            cfg.save(out / "config.json")
+            run.cfg.save(out / "config.json")
             (out / LOG_FILE).unlink(missing_ok=True)
         run.log({"epoch": 0, "valid_loss": run.validation_loss(), "elapsed_s": 0.0})
     start = time.time() - run.elapsed
