@@ -396,6 +396,17 @@ def test_gpu_check_script_passes_on_one_device_and_fails_on_a_changed_model(tmp_
     assert "gradients micro-batches" not in failed  # compares the second model with itself
 
 
+def test_gpu_syncs_script_refuses_a_machine_without_cuda(synthetic_dir, capsys):
+    """benchmarks/gpu_syncs.py needs CUDA (torch's sync debug mode); without it, a usage error."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the script would run")
+    with pytest.raises(SystemExit):
+        _script("gpu_syncs").main(["--data", str(synthetic_dir), "--size", "tiny"])
+    assert "needs a CUDA device" in capsys.readouterr().err
+
+
 def test_reading_seeds_script_reports_every_seed(tmp_path, capsys):
     """benchmarks/reading_seeds.py with one epoch and two seeds, so the script cannot rot."""
     script = _script("reading_seeds")
