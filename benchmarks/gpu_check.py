@@ -44,9 +44,9 @@ from elmrec.synthetic import make_synthetic
 from elmrec.tokenization import build_tokenizer
 from elmrec.training import forward_backward, make_batch
 
-# (check, limit): relative differences for fp32, looser ones for bf16 (8-bit mantissa). A trained
-# model's bf16 gradients are 10-45% off its fp32 ones (measured on a CPU with AMX as on a GPU), so
-# bf16 gradients are judged by how far they are off against how far the CPU's bf16 ones are
+# (check, limit): relative differences for fp32, looser ones for bf16 (8-bit mantissa). A model's
+# bf16 gradients drift from its fp32 ones as it trains (1-6% after 150 steps, 12-45% after 300, on
+# a CPU with bf16 units as on a GPU), so they are judged against the CPU's bf16 ones
 LIMITS = {
     "loss fp32": 1e-4, "gradients fp32": 1e-3, "gradients micro-batches": 1e-3,
     "loss bf16": 3e-2, "gradients bf16": 3.0, "direct scores fp32": 1e-4, "direct scores bf16": 2e-2,
