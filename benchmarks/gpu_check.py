@@ -79,7 +79,7 @@ def loss_and_gradients(model: ELMRec, batch, cfg: Config, micro: int | None = No
     model.zero_grad(set_to_none=True)
     device = next(model.parameters()).device
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)  # noqa: E731
-    with torch.enable_grad():
+    with torch.enable_grad():  # each device chunks the batch as its training does (4 groups on a CPU, 1 on CUDA)
         loss = forward_backward(model, batch, micro, autocast, cfg.train.length_groups)
     grads = {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters() if p.grad is not None}
     return float(loss), grads

@@ -116,7 +116,7 @@ def eval_speed(dataset, size: str, users: int, direct_decode: str, amp: bool = F
     model = build_model(cfg.model, dataset.n_users, dataset.n_items, *dataset.train_pairs(), len(tok), 0).to(device)
     model.eval()
     rec = Recommender(model, tok, cfg, dataset.offsets, dataset.items, dataset.summary())
-    warm = max(16, cfg.eval.eval_batch_size)  # one untimed batch of each task first: allocator, kernels
+    warm = untimed_users(cfg.eval.eval_batch_size)
     ids = np.random.default_rng(0).choice(dataset.users, users + warm, replace=False)
     hist = [dataset.split_history(int(u), "test") for u in ids]
     cands = np.concatenate([dataset.targets("test")[ids][:, None], dataset.negatives[ids]], 1)
@@ -137,6 +137,11 @@ def eval_speed(dataset, size: str, users: int, direct_decode: str, amp: bool = F
     print(f"  eval  {size:5s} sequential {out['sequential_users_per_s']:.2f} users/s   direct ({direct_decode}) "
           f"{out[f'direct_{direct_decode}_users_per_s']:.2f} users/s", flush=True)
     return out
+
+
+def untimed_users(eval_batch_size: int) -> int:
+    """Users evaluated once before the timing (one batch of each task: allocator, kernels)."""
+    return max(16, eval_batch_size)
 
 
 def non_negative_int(text: str) -> int:
@@ -181,7 +186,7 @@ def main(argv=None) -> int:
         dataset = load_p5(args.data)
     except DataError as e:
         p.error(str(e))
-    warm = max(16, args.eval_batch_size or 16)  # eval_speed's untimed users
+    warm = untimed_users(args.eval_batch_size or load_config().eval.eval_batch_size)
     if not args.skip_eval and args.eval_users + warm > len(dataset.users):
         p.error(f"--eval-users: at most {len(dataset.users) - warm} for this dataset ({len(dataset.users)} users, "
                 f"{warm} of them untimed)")

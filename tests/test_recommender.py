@@ -361,7 +361,9 @@ def test_speed_script_times_training_and_evaluation_on_tiny_data(synthetic_dir, 
     assert row["peak_rss_gb_so_far"] > 0 and report["machine"]["cpu"] and report["argv"] == args
     for bad, message in ((["--batches", "0"], "expected a positive integer, got 0"),
                          (["--sizes", "huge"], "--sizes: choose from"),
-                         (["--data", str(tmp_path / "nowhere")], "expected a P5-format dataset directory")):
+                         (["--data", str(tmp_path / "nowhere")], "expected a P5-format dataset directory"),
+                         (["--device", "gpu"], "unknown device 'gpu'"),
+                         (["--eval-users", "100000"], "--eval-users: at most 84 for this dataset")):
         with pytest.raises(SystemExit):
             speed.main(["--data", str(synthetic_dir), *bad])
         assert message in capsys.readouterr().err
