@@ -81,7 +81,8 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, synthetic_dataset):
         pass
 
     def interrupt(message):
-        raise Stop  # the process dies right after epoch 1 was saved
+        if message.startswith("epoch 1:"):
+            raise Stop  # the process dies right after epoch 1 was saved
 
     with pytest.raises(Stop):
         train(cfg, synthetic_dataset, tmp_path / "cut", progress=False, echo=interrupt)
@@ -196,6 +197,7 @@ def test_tiny_model_learns_within_a_minute(tmp_path, synthetic_dataset):
     assert log[0]["epoch"] == 0
     assert set(start) == {"explanation", "sequential", "direct", "mean"}
     assert result["best_valid_loss"] < 0.5 * start["mean"]
+    assert set(log[0]["item_prior_loss"]) == {"sequential", "direct"}  # not for explanations
     for task in ("sequential", "direct", "explanation"):
         assert min(rec["valid_loss"][task] for rec in log[1:]) < 0.6 * start[task]
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -376,3 +378,36 @@ def test_linear_schedule_warms_up_then_decays_to_zero_at_the_last_epoch(tmp_path
     assert _cfg(lr=1e-3).train.lr_schedule == "constant"
     with pytest.raises(ValueError, match="lr_schedule"):
         _cfg(lr_schedule="cosine")
+
+
+def test_item_prior_loss_computed_by_hand():
+    """Items 1..123, none seen in training but item 12 (four times): with +1 smoothing the masses
+    are 1 everywhere and 5 for item 12, 127 in all. Item 123 is written ▁ 12 3 </s>, and
+    the items starting with chunk 12 are 12, 120..123 (mass 9): P = 1 * 9/127 * 1/9 * 1 = 1/127.
+    Item 12 (▁ 12 </s>): 9/127 * 5/9 = 5/127. One batch holds both: the token mean over 7 tokens."""
+    import math
+
+    from elmrec.tokenization import build_tokenizer, encode_targets
+    from elmrec.training import Batch, item_prior_loss
+
+    tok = build_tokenizer()
+    counts = np.zeros(124)
+    counts[12] = 4
+    labels = encode_targets(tok, ["123", "12"])
+    assert tok.convert_ids_to_tokens(labels[0].tolist()) == ["\u2581", "12", "3", "</s>"]
+    batch = Batch("sequential", {}, labels, 2)
+    explanation = Batch("explanation", {}, encode_targets(tok, ["nice"]), 1)
+    expected = (math.log(127) + math.log(127 / 5)) / 7
+    prior = item_prior_loss([batch, explanation], tok, counts)
+    assert prior == pytest.approx({"sequential": expected})
+    # batches are weighted by their samples, as the model's validation loss is
+    prior = item_prior_loss([batch, Batch("sequential", {}, labels[:1, :], 1)], tok, counts)
+    assert prior["sequential"] == pytest.approx((2 * expected + math.log(127) / 4) / 3)
+
+
+def test_the_quick_model_goes_below_the_item_prior_on_sequential_validation(trained_checkpoint):
+    """The validation loss means something only against the item prior: the quick model (which
+    beats popularity, tests of inference) must be well below it where it reads its history."""
+    log = [json.loads(ln) for ln in (trained_checkpoint.parent / "log.jsonl").read_text().splitlines()]
+    prior = log[0]["item_prior_loss"]["sequential"]
+    assert min(rec["valid_loss"]["sequential"] for rec in log[1:]) < 0.9 * prior

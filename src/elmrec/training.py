@@ -76,6 +76,35 @@ def make_batch(
     )
 
 
+def item_prior_loss(
+    batches: list[Batch], tokenizer: PreTrainedTokenizerBase, item_counts: np.ndarray
+) -> dict[str, float]:
+    """The validation loss, per item task, of a model that ignores its prompt and draws the item
+    by training frequency (+1): what the model's own validation loss has to go below before it can
+    be said to read its prompt. Same batches and averaging as ``validation_loss`` (token mean per
+    batch, weighted by samples); each token's probability is the frequency mass of the items that
+    continue the prefix."""
+    counts = np.asarray(item_counts, dtype=np.float64)[1:] + 1.0
+    ids = tokenizer([str(i) for i in range(1, len(counts) + 1)])["input_ids"]
+    mass: dict[tuple[int, ...], float] = {}
+    for seq, c in zip(ids, counts):
+        for k in range(len(seq) + 1):
+            mass[tuple(seq[:k])] = mass.get(tuple(seq[:k]), 0.0) + c
+    totals: dict[str, list[float]] = {}
+    for b in batches:
+        if b.task == T.EXPLANATION:
+            continue
+        nats = tokens = 0
+        for row in b.labels.tolist():
+            seq = tuple(t for t in row if t != -100)
+            nats += sum(math.log(mass[seq[:k]] / mass[seq[: k + 1]]) for k in range(len(seq)))
+            tokens += len(seq)
+        total = totals.setdefault(b.task, [0.0, 0])
+        total[0] += nats / tokens * b.size
+        total[1] += b.size
+    return {task: s / n for task, (s, n) in totals.items()}
+
+
 class _BatchMaker(torch.utils.data.Dataset):
     """An epoch's batches, rendered and tokenised on the CPU when asked for (in loader workers)."""
 
@@ -466,7 +495,12 @@ def train(
         if rank == 0:
             run.cfg.save(out / "config.json")
             (out / LOG_FILE).unlink(missing_ok=True)
-        run.log({"epoch": 0, "valid_loss": run.validation_loss(), "elapsed_s": 0.0})
+        prior = item_prior_loss(run.valid_batches, run.tokenizer, dataset.item_counts())
+        run.log({"epoch": 0, "valid_loss": run.validation_loss(), "item_prior_loss": prior, "elapsed_s": 0.0})
+        if prior and rank == 0:
+            echo("validation loss of an item prior (training frequencies, prompt ignored): "
+                 + ", ".join(f"{t} {v:.4f}" for t, v in prior.items())
+                 + "; a model has to go below it to show that it reads its prompt")
     start = time.time() - run.elapsed
     budget = cfg.train.budget_minutes
     deadline = time.time() + 60 * budget if budget is not None else None  # budget counts from now
@@ -509,4 +543,4 @@ def train(
             "checkpoint": str(out / BEST), "elapsed_s": run.elapsed}
 
 
-__all__ = ["train", "active_tasks", "checkpoint_files", "BEST", "LAST"]
+__all__ = ["train", "active_tasks", "checkpoint_files", "item_prior_loss", "BEST", "LAST"]
