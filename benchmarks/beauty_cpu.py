@@ -27,7 +27,7 @@ from elmrec.evaluation import evaluate, sample_users, user_dependence
 from elmrec.io import atomic_write_text
 from elmrec.recommender import Recommender
 from elmrec.runtime import machine_info, release_free_memory, resolve_device
-from elmrec.training import train
+from elmrec.training import LOG_FILE, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("sequential", "direct")
@@ -100,6 +100,16 @@ def probe_row(results: dict, label: str, scorer, dataset, users, name: str) -> N
           f"{dep['sequential_top_overlap']:.4f} ({dep['eval_s']:.0f} s)", flush=True)
 
 
+def valid_against_prior(run_dir: Path) -> dict:
+    """The best checkpoint's validation loss per item task next to the item prior's (logged before
+    epoch 1, ``elmrec.training.item_prior_loss``): at or above it, the row has learned item
+    frequencies and not the user."""
+    log = [json.loads(line) for line in (run_dir / LOG_FILE).read_text().splitlines()]
+    best = min(log[1:], key=lambda r: r["valid_loss"]["mean"])
+    return {task: {"best": best["valid_loss"][task], "item_prior": prior}
+            for task, prior in log[0].get("item_prior_loss", {}).items()}
+
+
 def run(args: argparse.Namespace, save) -> dict:
     base = load_p5(args.data)
     variants = {"p5": base, "random": reindex(base, "random", seed=0)}
@@ -142,7 +152,7 @@ def run(args: argparse.Namespace, save) -> dict:
             t0 = time.time()
             summary = train(cfg, dataset, run_dir, progress=args.progress, echo=lambda s: None)
             wall = time.time() - t0
-            results[f"{row} (train)"] = summary
+            results[f"{row} (train)"] = {**summary, "valid_vs_prior": valid_against_prior(run_dir)}
             best = Recommender.from_pretrained(run_dir / "best", device=args.device)
             probe(row, best)
             if row != "elmrec" or "no-rerank" not in rows:
@@ -190,6 +200,17 @@ def table(report: dict) -> str:
                 dep = report["results"][n].get(label, {}).get("user_dependence", {})
                 cells += [f"{dep[k]:.4f}" if k in dep else "-"
                           for k in ("direct_rank_correlation", "sequential_top_overlap")]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    trained = [k[: -len(" (train)")] for n in names for k in report["results"][n] if k.endswith(" (train)")]
+    if trained:  # a third table: is the validation loss below what an item prior scores?
+        lines += ["", "| validation loss of the best checkpoint (item prior) | " + " | ".join(
+            f"{n} {t}" for n in names for t in TASKS) + " |", "|---" * (1 + len(TASKS) * len(names)) + "|"]
+        for label in dict.fromkeys(trained):
+            cells = []
+            for n in names:
+                losses = report["results"][n].get(f"{label} (train)", {}).get("valid_vs_prior", {})
+                cells += [f"{losses[t]['best']:.4f} ({losses[t]['item_prior']:.4f})" if t in losses else "-"
+                          for t in TASKS]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

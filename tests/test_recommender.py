@@ -265,13 +265,21 @@ def test_beauty_benchmark_pipeline_runs_on_tiny_data(synthetic_dir, tmp_path, ca
         dep = rows[row]["user_dependence"]
         assert dep["split"] == "valid" and dep["users"] == 8 and 0 <= dep["sequential_top_overlap"] <= 1
     text = (out / "report.md").read_text()
-    table, probes = (part.splitlines() for part in text.split("\n\n"))
+    table, probes, losses = (part.splitlines() for part in text.split("\n\n"))
     assert "p5 sequential NDCG@10" in table[0] and "random direct HR@10" in table[0]
     labels = ["| popularity", "| id-shortcut", "| sequential-prior", "| direct-prior", "| elmrec", "| no-rerank",
               "| no-graph", "| no-incremental", "| no-soft-prompts"]
     assert [line.split(" | ")[0] for line in table[2:]] == labels
     assert "p5 direct rank correlation" in probes[0]
     assert [line.split(" | ")[0] for line in probes[2:]] == [x for x in labels if x != "| no-rerank"]
+    # every trained row's best validation loss next to the item prior's, both logged by train()
+    assert [line.split(" | ")[0] for line in losses[2:]] == ["| elmrec", "| no-graph", "| no-incremental",
+                                                            "| no-soft-prompts"]
+    for row in ("elmrec", "no-graph", "no-incremental", "no-soft-prompts"):
+        losses_of = rows[f"{row} (train)"]["valid_vs_prior"]
+        assert set(losses_of) == {"sequential", "direct"}
+        assert losses_of["direct"]["item_prior"] == rows["elmrec (train)"]["valid_vs_prior"]["direct"]["item_prior"]
+        assert losses_of["sequential"]["best"] > 0
     with pytest.raises(SystemExit):  # refused before anything is trained
         bench.main(["--data", str(synthetic_dir), "--out", str(tmp_path / "gpu"), "--device", "gpu"])
     assert "unknown device 'gpu'" in capsys.readouterr().err and not (tmp_path / "gpu").exists()
