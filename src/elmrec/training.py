@@ -83,7 +83,8 @@ def item_prior_loss(
     by training frequency (+1): what the model's own validation loss has to go below before it can
     be said to read its prompt. Same batches and averaging as ``validation_loss`` (token mean per
     batch, weighted by samples); each token's probability is the frequency mass of the items that
-    continue the prefix."""
+    continue the prefix. Going below it is necessary, not sufficient: on direct prompts a model
+    that reads only its candidate list (not the user) already goes far below it."""
     counts = np.asarray(item_counts, dtype=np.float64)[1:] + 1.0
     ids = tokenizer([str(i) for i in range(1, len(counts) + 1)])["input_ids"]
     mass: dict[tuple[int, ...], float] = {}
