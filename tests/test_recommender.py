@@ -279,7 +279,12 @@ def test_beauty_benchmark_pipeline_runs_on_tiny_data(synthetic_dir, tmp_path, ca
         losses_of = rows[f"{row} (train)"]["valid_vs_prior"]
         assert set(losses_of) == {"sequential", "direct"}
         assert losses_of["direct"]["item_prior"] == rows["elmrec (train)"]["valid_vs_prior"]["direct"]["item_prior"]
-        assert losses_of["sequential"]["best"] > 0
+        log = [json.loads(ln) for ln in (out / "random" / row / "log.jsonl").read_text().splitlines()]
+        best = next(r for r in log[1:] if r["valid_loss"]["mean"] == rows[f"{row} (train)"]["best_valid_loss"])
+        assert losses_of["sequential"]["best"] == best["valid_loss"]["sequential"]  # the best checkpoint's
+        assert losses_of["direct"]["item_prior"] == log[0]["item_prior_loss"]["direct"]
+    seq = rows["elmrec (train)"]["valid_vs_prior"]["sequential"]
+    assert f"{seq['best']:.4f} ({seq['item_prior']:.4f})" in losses[2]  # the table shows the report's figures
     with pytest.raises(SystemExit):  # refused before anything is trained
         bench.main(["--data", str(synthetic_dir), "--out", str(tmp_path / "gpu"), "--device", "gpu"])
     assert "unknown device 'gpu'" in capsys.readouterr().err and not (tmp_path / "gpu").exists()

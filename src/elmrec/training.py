@@ -90,7 +90,8 @@ def item_prior_loss(
     mass: dict[tuple[int, ...], float] = {}
     for seq, c in zip(ids, counts):
         for k in range(len(seq) + 1):
-            mass[tuple(seq[:k])] = mass.get(tuple(seq[:k]), 0.0) + c
+            prefix = tuple(seq[:k])
+            mass[prefix] = mass.get(prefix, 0.0) + c
     totals: dict[str, list[float]] = {}
     for b in batches:
         if b.task == T.EXPLANATION:
