@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from elmrec.evaluation import sample_users, user_dependence
-from elmrec.generation import candidate_log_likelihood, candidate_tokens
 from elmrec.prompts import EVAL_TEMPLATE, render
 from elmrec.recommender import Recommender
 from elmrec.tasks import direct_eval_samples, sample_negatives
@@ -116,9 +115,8 @@ def candidate_reading(rec: Recommender, dataset, users: np.ndarray, batch_size: 
         chunk = samples[k : k + batch_size]
         prompts = [render(s, EVAL_TEMPLATE, dataset.n_users, model.config.use_incremental) for s in chunk]
         hidden, mask = model.encode("direct", **encode_prompts(rec.tokenizer, prompts, rec.device))
-        listed, unlisted = (
-            candidate_log_likelihood(model, hidden, mask, candidate_tokens(rec.tokenizer, items, rec.device))
-            for items in unlisted_items(dataset, chunk, rng))
+        listed, unlisted = (rec.item_log_likelihood(hidden, mask, items)
+                            for items in unlisted_items(dataset, chunk, rng))
         wins.append((listed[:, :, None] > unlisted[:, None, :]).float().mean(dim=(1, 2)))
         gaps.append(listed.mean(1) - unlisted.mean(1))
     return {"listed_wins": float(torch.cat(wins).mean()), "log_likelihood_gap": float(torch.cat(gaps).mean()),

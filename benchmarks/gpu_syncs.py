@@ -23,7 +23,7 @@ from elmrec import tasks as T
 from elmrec.config import load_config
 from elmrec.data import DataError, load_p5
 from elmrec.model import T5_SIZES, build_model
-from elmrec.tokenization import build_tokenizer
+from elmrec.tokenization import build_tokenizer, item_token_start
 from elmrec.training import forward_backward, make_batch
 
 
@@ -54,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         p.error(str(e))
     cfg = load_config(preset="beauty", overrides={"size": args.size, "batch_size": args.batch_size})
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(id_tokens=cfg.model.id_tokens, n_users=dataset.n_users, n_items=dataset.n_items)
     device = torch.device("cuda")
-    model = build_model(cfg.model, dataset.n_users, dataset.n_items, *dataset.train_pairs(), len(tokenizer), 0)
+    model = build_model(cfg.model, dataset.n_users, dataset.n_items, *dataset.train_pairs(), len(tokenizer), 0,
+                        item_token_start(tokenizer, dataset.n_items))
     model = model.to(device).train()
     rng = np.random.default_rng(0)
 

@@ -33,7 +33,7 @@ from elmrec.io import atomic_write_text
 from elmrec.model import T5_SIZES, build_model
 from elmrec.recommender import Recommender
 from elmrec.runtime import machine_info, resolve_device, tune_cpu
-from elmrec.tokenization import build_tokenizer
+from elmrec.tokenization import build_tokenizer, item_token_start
 from elmrec.training import default_length_groups, forward_backward, make_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,8 +67,9 @@ def train_speed(dataset, size: str, batches: int, batch_size: int, micro: int | 
     if length_groups is not None:
         overrides["length_groups"] = length_groups
     cfg = load_config(preset="beauty", overrides=overrides)
-    tok = build_tokenizer()
-    model = build_model(cfg.model, dataset.n_users, dataset.n_items, *dataset.train_pairs(), len(tok), 0).to(device)
+    tok = build_tokenizer(id_tokens=cfg.model.id_tokens, n_users=dataset.n_users, n_items=dataset.n_items)
+    model = build_model(cfg.model, dataset.n_users, dataset.n_items, *dataset.train_pairs(), len(tok), 0,
+                        item_token_start(tok, dataset.n_items)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
     rng = np.random.default_rng(0)
@@ -112,8 +113,9 @@ def eval_speed(dataset, size: str, users: int, direct_decode: str, amp: bool = F
     if batch_size is not None:
         overrides["eval_batch_size"] = batch_size
     cfg = load_config(preset="beauty", overrides=overrides)
-    tok = build_tokenizer()
-    model = build_model(cfg.model, dataset.n_users, dataset.n_items, *dataset.train_pairs(), len(tok), 0).to(device)
+    tok = build_tokenizer(id_tokens=cfg.model.id_tokens, n_users=dataset.n_users, n_items=dataset.n_items)
+    model = build_model(cfg.model, dataset.n_users, dataset.n_items, *dataset.train_pairs(), len(tok), 0,
+                        item_token_start(tok, dataset.n_items)).to(device)
     model.eval()
     rec = Recommender(model, tok, cfg, dataset.offsets, dataset.items, dataset.summary())
     warm = untimed_users(cfg.eval.eval_batch_size)

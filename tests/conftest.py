@@ -89,3 +89,16 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, quick_dataset: 
     run = tmp_path_factory.mktemp("run") / "run"
     train(load_config(overrides=QUICK_TRAIN), quick_dataset, run, progress=False, echo=lambda s: None)
     return run / "best"
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory, quick_dataset: Dataset) -> Path:
+    """``trained_checkpoint`` in the paper's ``digits`` id scheme, for the beam-search paths; 4
+    epochs (about 20 s) are enough for their mechanics."""
+    from elmrec.config import load_config
+    from elmrec.training import train
+
+    run = tmp_path_factory.mktemp("digits") / "run"
+    cfg = load_config(overrides={**QUICK_TRAIN, "id_tokens": "digits", "epochs": 4})
+    train(cfg, quick_dataset, run, progress=False, echo=lambda s: None)
+    return run / "best"

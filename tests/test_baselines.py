@@ -2,6 +2,7 @@ import numpy as np
 
 from elmrec import tasks
 from elmrec.baselines import (
+    CooccurrenceScorer,
     DirectTargetPrior,
     IdShortcutScorer,
     PopularityScorer,
@@ -81,3 +82,55 @@ def test_target_priors_are_the_training_samples_target_frequencies():
             freq["direct"][s.target] += 1 / rounds
     assert np.allclose(freq["seq"][1:], seq.counts[1:], atol=0.05)
     assert np.allclose(freq["direct"][1:], direct.counts[1:], atol=0.05)
+
+
+# training parts (all but the last two): [1, 2, 3], [2, 4], [4, 1]; 5 and 6 only ever held out
+COOC_HISTORIES = [[1, 2, 3, 6, 5], [2, 4, 5, 6], [4, 1, 6, 5]]
+
+
+def test_cooccurrence_scores_by_hand():
+    ds = Dataset.from_histories(COOC_HISTORIES, n_items=6)
+    cooc = CooccurrenceScorer(ds)  # forward 3, pair weight 1 / distance, history weight 1 / (1 + d)
+    # C[a, b]: [1, 2, 3] gives C12 = 3, C21 = 1, C23 = 3, C32 = 1, C13 = 3/2, C31 = 1/2;
+    # [2, 4] gives C24 = 3, C42 = 1; [4, 1] gives C41 = 3, C14 = 1
+    # history [1, 2]: weight 1 for 2 (last), 1/2 for 1 -> score(j) = C[2, j] + C[1, j] / 2
+    # tie-break: popularity (1: 2, 2: 2, 3: 1, 4: 2) / 3 * (1 / 50) * (1 / 2), below any one pair's share
+    tie = np.array([0, 2, 2, 1, 2, 0, 0]) / 3 / 50 / 2
+    expected = np.array([0, 1, 1.5, 3.75, 3.5, 0, 0]) + tie
+    full = cooc.score_all(np.array([1]), [np.array([1, 2])])
+    assert full[0, 0] == -np.inf and np.allclose(full[0, 1:], expected[1:], rtol=0, atol=1e-12)
+    cands = cooc.score_candidates(np.array([1]), [np.array([1, 2])], np.array([[4, 6, 1]]))
+    assert np.allclose(cands, [[expected[4], expected[6], expected[1]]], rtol=0, atol=1e-12)
+    # history [3, 5]: 5 never co-occurs in training; 3 (weight 1/2) gives 2: 1/2 and 1: 1/4 (distance 2,
+    # backward: the smallest share one pair can add here), which still beats the more popular 4 (none):
+    # 2 > 1 > 4 (popularity 2) > 3 (popularity 1) > 5 = 6 (popularity 0, a tie the protocol counts against)
+    s = cooc.score_all(np.array([1]), [np.array([3, 5])])[0]
+    assert s[2] > s[1] > s[4] > s[3] > s[5] == s[6] > s[0]
+    assert np.isclose(s[1], 0.25 + 2 / 3 / 50 / 2, rtol=0, atol=1e-12)
+    # the plain rule: shared training sequences, summed over the history items (tie-break < 1)
+    plain = CooccurrenceScorer(ds, forward=1, distance_power=0, recency_power=0)
+    s = plain.score_all(np.array([1]), [np.array([1, 2])])[0]
+    assert np.array_equal(np.floor(s[1:]), [1, 1, 2, 2, 0, 0])  # 1: with 2; 2: with 1; 3: 1 and 2; 4: 1 and 2
+    assert s[3] < s[4] and s[1] == s[2]  # equal counts: the more popular first, equal popularity ties
+
+
+def test_cooccurrence_never_reads_held_out_items():
+    # the same training parts, other validation / test items: a statistic that read them would differ
+    ds = Dataset.from_histories(COOC_HISTORIES, n_items=6)
+    other = Dataset.from_histories([[1, 2, 3, 4, 1], [2, 4, 3, 1], [4, 1, 3, 2]], n_items=6)
+    a, b = CooccurrenceScorer(ds), CooccurrenceScorer(other)
+    assert (a.matrix != b.matrix).nnz == 0 and np.array_equal(a.prior, b.prior)
+    for h in ([1, 2], [3], [4, 1, 6], []):
+        assert np.array_equal(a.score_all(np.array([1]), [np.array(h, dtype=np.int64)]),
+                              b.score_all(np.array([1]), [np.array(h, dtype=np.int64)]))
+    # and a planted leak is seen: with the held-out items in the training parts the scores change
+    leaky = Dataset.from_histories([h + [6, 6] for h in COOC_HISTORIES], n_items=6)
+    assert (CooccurrenceScorer(leaky).matrix != a.matrix).nnz > 0
+
+
+def test_cooccurrence_beats_popularity_on_planted_transitions():
+    ds = make_synthetic(n_users=300, n_items=120, n_communities=4, seed=3)
+    for task in ("sequential", "direct"):
+        pop = evaluate(PopularityScorer(ds), ds, task, "valid", progress=False).metrics
+        cooc = evaluate(CooccurrenceScorer(ds), ds, task, "valid", progress=False).metrics
+        assert cooc["NDCG@10"] > 3 * pop["NDCG@10"] and cooc["HR@10"] > pop["HR@10"] + 0.3, task

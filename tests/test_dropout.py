@@ -43,6 +43,7 @@ def test_bf16_input_is_scaled_in_float32_and_stays_bf16():
 
 @pytest.mark.parametrize("rate", [0.1, 0.25])
 def test_the_model_uses_it_at_its_configured_rate(rate):
-    model = build_model(ModelConfig(size="tiny", dropout=rate), 5, 12, np.array([1, 2]), np.array([1, 3]), 100, 0)
+    cfg = ModelConfig(size="tiny", id_tokens="digits", dropout=rate)
+    model = build_model(cfg, 5, 12, np.array([1, 2]), np.array([1, 3]), 100, 0)
     drops = [m for m in model.t5.modules() if isinstance(m, nn.Dropout)]
     assert drops and all(type(m) is Dropout and m.p == rate for m in drops)

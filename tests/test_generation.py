@@ -30,7 +30,8 @@ def setup():
     tok = build_tokenizer()
     users = np.arange(1, N_USERS + 1).repeat(3)
     items = (users * 7) % N_ITEMS + 1
-    model = build_model(ModelConfig(size="tiny", dropout=0.0), N_USERS, N_ITEMS, users, items, len(tok), 0)
+    cfg = ModelConfig(size="tiny", id_tokens="digits", dropout=0.0)
+    model = build_model(cfg, N_USERS, N_ITEMS, users, items, len(tok), 0)
     model.eval()
     return model, tok
 

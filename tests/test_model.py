@@ -13,12 +13,26 @@ from elmrec.graph import lightgcn, normalized_adjacency, to_torch_sparse
 from elmrec.model import ELMRec, build_model
 from elmrec.prompts import EVAL_TEMPLATE, TEMPLATES, render
 from elmrec.tasks import DIRECT, EXPLANATION, SEQUENTIAL, Sample
-from elmrec.tokenization import build_tokenizer, encode_prompts, encode_targets
+from elmrec.tokenization import (
+    add_id_tokens,
+    build_tokenizer,
+    encode_prompts,
+    encode_targets,
+    id_scheme,
+    item_token_start,
+    item_vocab_ids,
+)
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     return build_tokenizer(["great scent and long lasting"])
+
+
+@pytest.fixture(scope="module")
+def item_tokenizer():
+    """The ``item`` scheme for 5 users and 12 items (the shape of ``_tiny_model``'s graph)."""
+    return add_id_tokens(build_tokenizer(["great scent and long lasting"]), 5, 12)
 
 
 def test_ids_split_into_pieces_like_sentencepiece(tokenizer, tmp_path):
@@ -120,9 +134,10 @@ def test_propagation_equals_dense_reference():
                                             self_weight=w).float(), out.detach(), atol=1e-5, rtol=1e-5)
     assert out[0].abs().sum() > 0 and lightgcn(adj, x, layers, self_weight=0.0)[0].abs().sum() == 0
     # the model passes its config's weight on: without the E0 term the isolated padding row is 0
-    model = build_model(ModelConfig(size="tiny", graph_self_weight=0.0), 3, 4, users, items, 400, 0)
-    assert model._propagate()[0].abs().sum() == 0
-    assert build_model(ModelConfig(size="tiny"), 3, 4, users, items, 400, 0)._propagate()[0].abs().sum() > 0
+    cfg = ModelConfig(size="tiny", id_tokens="digits", graph_self_weight=0.0)
+    assert build_model(cfg, 3, 4, users, items, 400, 0)._propagate()[0].abs().sum() == 0
+    cfg = ModelConfig(size="tiny", id_tokens="digits")
+    assert build_model(cfg, 3, 4, users, items, 400, 0)._propagate()[0].abs().sum() > 0
 
 
 def test_graph_holds_no_validation_or_test_interaction():
@@ -136,8 +151,9 @@ def test_graph_holds_no_validation_or_test_interaction():
 
 
 def _tiny_model(tokenizer, seed=0, **overrides):
-    cfg = ModelConfig(size="tiny", **overrides)
-    return build_model(cfg, 5, 12, np.array([1, 2, 3, 4, 5]), np.array([1, 3, 5, 7, 9]), len(tokenizer), seed)
+    cfg = ModelConfig(size="tiny", id_tokens=id_scheme(tokenizer), **overrides)
+    return build_model(cfg, 5, 12, np.array([1, 2, 3, 4, 5]), np.array([1, 3, 5, 7, 9]), len(tokenizer), seed,
+                       item_token_start(tokenizer, 12))
 
 
 def _logits(model, tokenizer, task=DIRECT):
@@ -233,7 +249,8 @@ def test_torch_sparse_path_matches_the_scipy_path():
     dense_torch = to_torch_sparse(adj, "cpu", torch.float64)
     torch.testing.assert_close(lightgcn(dense_torch, x.double(), 3).float(), lightgcn(adj, x, 3), atol=1e-5, rtol=1e-5)
     # the model converts once per device/dtype and reuses it
-    model = build_model(ModelConfig(size="tiny"), 4, 6, np.array([1, 2]), np.array([3, 4]), 400, 0).double()
+    cfg = ModelConfig(size="tiny", id_tokens="digits")
+    model = build_model(cfg, 4, 6, np.array([1, 2]), np.array([3, 4]), 400, 0).double()
     first = model._propagate()
     cached = model._torch_adjacency[1]
     model._propagate()
@@ -288,3 +305,51 @@ def test_in_place_attention_matches_transformers_eager_attention(tokenizer):
     for ours, reference in zip(results["elmrec"], results["eager"]):
         torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(results["elmrec"][3], results["elmrec"][4], rtol=1e-5, atol=1e-5)
+
+
+def test_item_scheme_gives_each_id_one_token_and_loads_with_auto_tokenizer(item_tokenizer, tmp_path):
+    item_tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert id_scheme(loaded) == "item" and id_scheme(build_tokenizer()) == "digits"
+
+    def tokens(text):
+        return loaded.convert_ids_to_tokens(loaded(text, add_special_tokens=False)["input_ids"])
+
+    assert tokens("user_3 item_12 item_1") == ["user_3", "item_12", "item_1"]  # no space tokens between ids
+    assert tokens("user_1 has bought item_1 .") == ["user_1", "▁has", "▁bought", "item_1", "▁", "."]
+    # an id the tokenizer has no token for falls back to pieces instead of matching a shorter id
+    assert tokens("item_123") == ["▁item", "_", "12", "3"]
+    assert item_vocab_ids(loaded, [1, 12]).tolist() == loaded.convert_tokens_to_ids(["item_1", "item_12"])
+    with pytest.raises(ValueError, match="no token for item"):
+        item_vocab_ids(loaded, [13])
+
+
+def test_item_scheme_whole_word_indices(item_tokenizer):
+    prompt = render(Sample(DIRECT, 4, (12, 3), 3), 3, 5, incremental=True)
+    assert prompt.text == "from item_12 item_3, select one item for user_4 ."
+    pairs = _token_whole_words(item_tokenizer, prompt)
+    assert [(t, w) for t, w in pairs if w] == [("item_12", 17), ("item_3", 8), ("user_4", 4)]
+    assert all(w == 0 for t, w in pairs if not t.startswith(("item_", "user_")))
+    prompt = render(Sample(SEQUENTIAL, 2, (7, 9, 7), 1), 1, 5, incremental=True)
+    pairs = _token_whole_words(item_tokenizer, prompt)
+    assert [(t, w) for t, w in pairs if w] == [("user_2", 1), ("item_7", 2), ("item_9", 3), ("item_7", 4)]
+
+
+def test_item_scheme_checkpoint_round_trip_and_mixed_schemes_refused(item_tokenizer, tokenizer, tmp_path):
+    model = _tiny_model(item_tokenizer)
+    assert model.config.id_tokens == "item" and model.t5.config.vocab_size == len(item_tokenizer)
+    model.save_pretrained(tmp_path / "ckpt", item_tokenizer)
+    loaded, tok2 = ELMRec.from_pretrained(tmp_path / "ckpt")
+    assert loaded.config.id_tokens == "item" and id_scheme(tok2) == "item"
+    for task in (DIRECT, SEQUENTIAL):
+        assert torch.equal(_logits(model, item_tokenizer, task), _logits(loaded, tok2, task))
+    # a digits tokenizer beside item-scheme weights never reads ids silently in the other scheme
+    tokenizer.save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="trained with id_tokens 'item'"):
+        ELMRec.from_pretrained(tmp_path / "ckpt")
+
+
+def test_id_scheme_defaults_follow_the_backbone():
+    assert ModelConfig(size="tiny").id_tokens == "item"
+    assert ModelConfig(backbone="some/t5").id_tokens == "digits"
+    assert ModelConfig(backbone="some/t5", id_tokens="item").id_tokens == "item"

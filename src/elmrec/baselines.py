@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 from .data import Dataset
 
@@ -114,5 +115,86 @@ class IdShortcutScorer:
         return id_shortcut_scores(np.asarray(candidates), last, top, self.n_items)
 
 
+class CooccurrenceScorer:
+    """Items that followed (or preceded) the user's recent items in the TRAINING sequences.
+
+    The rule, with defaults ``forward=3``, ``distance_power=1``, ``recency_power=1``,
+    ``max_distance=50``:
+
+    * every ordered pair of a training sequence (each user's history but its last two items),
+      ``a`` at position p and ``b != a`` at position q, ``1 <= |q - p| <= max_distance``, adds
+      ``w(a, b) = (forward if q > p else 1) / |q - p| ** distance_power`` to ``C[a, b]``: nearer
+      pairs count more, and what came after ``a`` counts ``forward`` times what came before;
+    * a visible history of length n weighs its item at distance d from the end (d = 0 for the last)
+      ``r_d = 1 / (1 + d) ** recency_power``, so ``score(j) = sum_d r_d * C[h_d, j]``;
+    * plus a tie-break ``popularity(j) / (max popularity + 1) * min_pair * r_(n-1)``, where
+      ``min_pair = min(forward, 1) / max_distance ** distance_power`` is the smallest weight one
+      pair can add: the tie-break stays below the smallest amount ONE co-occurrence can add to a
+      row, so an item scoring at least that much higher is never overtaken, any co-occurrence
+      beats none, and items without any are ranked by training popularity (equal popularity
+      stays a tie, which the protocol counts against the target).
+
+    ``forward=1, distance_power=0, recency_power=0`` is the plain rule: how often each item
+    shares a training sequence with the history items, summed over them. The defaults were
+    chosen on Beauty's validation split; the validation and test items never enter ``C`` or the
+    popularity. ``max_distance`` bounds the pairs to ``max_distance`` per training interaction, so
+    building costs O(interactions x max_distance) however long the histories are.
+    """
+
+    name = "cooccurrence"
+
+    def __init__(self, dataset: Dataset, forward: float = 3.0, distance_power: float = 1.0,
+                 recency_power: float = 1.0, max_distance: int = 50):
+        if forward <= 0 or max_distance < 1 or distance_power < 0 or recency_power < 0:
+            raise ValueError("need forward > 0, max_distance >= 1 and non-negative powers")
+        self.n_items, self.recency_power = dataset.n_items, recency_power
+        users, items = dataset.train_pairs()  # users ascending, each user's items oldest first
+        rows, cols, weights = [], [], []
+        for k in range(1, min(max_distance, len(items) - 1) + 1):
+            same = users[:-k] == users[k:]
+            if not same.any():
+                break  # no sequence is longer than k, so none is longer than k + 1 either
+            a, b = items[:-k], items[k:]
+            keep = same & (a != b)
+            a, b = a[keep], b[keep]
+            w = 1.0 / k**distance_power
+            rows += [a, b]
+            cols += [b, a]
+            weights += [np.full(len(a), forward * w), np.full(len(a), w)]
+        n = self.n_items + 1
+        if rows:  # coo -> csr sums the duplicate (a, b) entries
+            self.matrix = sp.csr_matrix(
+                (np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+            )
+        else:
+            self.matrix = sp.csr_matrix((n, n))
+        counts = dataset.item_counts().astype(np.float64)
+        self.prior = counts / (counts.max() + 1) * min(forward, 1.0) / max_distance**distance_power
+
+    def scores(self, histories: list[np.ndarray]) -> np.ndarray:
+        """(B, n_items + 1) co-occurrence score plus tie-break; column 0 is left as computed."""
+        lengths = np.array([len(h) for h in histories], dtype=np.int64)
+        rows = np.repeat(np.arange(len(histories)), lengths)
+        cols = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories] + [np.zeros(0, np.int64)])
+        # distance from the end: n - 1 ... 0 within each history
+        ends = np.repeat(np.cumsum(lengths), lengths)
+        dist = ends - np.arange(len(cols)) - 1
+        recency = 1.0 / (1.0 + dist) ** self.recency_power
+        hist = sp.csr_matrix((recency, (rows, cols)), shape=(len(histories), self.n_items + 1))
+        oldest = 1.0 / np.maximum(lengths, 1).astype(np.float64) ** self.recency_power
+        return (hist @ self.matrix).toarray() + oldest[:, None] * self.prior[None, :]
+
+    def score_all(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+        s = self.scores(histories)
+        s[:, 0] = -np.inf  # padding, never an item
+        return s
+
+    def score_candidates(
+        self, users: np.ndarray, histories: list[np.ndarray], candidates: np.ndarray
+    ) -> np.ndarray:
+        return np.take_along_axis(self.scores(histories), np.asarray(candidates), axis=1)
+
+
 BASELINES = {"popularity": PopularityScorer, "id-shortcut": IdShortcutScorer,
-             "sequential-prior": SequentialTargetPrior, "direct-prior": DirectTargetPrior}
+             "sequential-prior": SequentialTargetPrior, "direct-prior": DirectTargetPrior,
+             "cooccurrence": CooccurrenceScorer}

@@ -25,6 +25,10 @@ TASKS = ("explanation", "sequential", "direct")
 class ModelConfig:
     size: str = "small"  # tiny | cpu | small (the t5-small architecture); ignored with a backbone
     backbone: str | None = None  # pretrained T5: hub name or local directory (its tokenizer is used)
+    # how ids are tokenised: "digits" (the paper's: word piece + digit chunks) or "item" (one token
+    # per user and per item, a departure that a randomly initialised T5 learns far faster; see
+    # docs). None: "item" for the built-in random backbones, "digits" with a pretrained backbone
+    id_tokens: typing.Literal["digits", "item"] | None = None
     graph_alpha: float = 9.0  # scale of graph-aware whole-word embeddings (direct, explanation)
     graph_sigma: float = 6.0  # std of the random node features E0
     graph_layers: int = 4  # LightGCN propagation depth L
@@ -42,6 +46,10 @@ class ModelConfig:
     # Dropout on attention probabilities (T5 ties it to `dropout`). 0 lets PyTorch use its fused
     # attention kernel in training: 2x less memory and faster direct batches on CPU (BENCHMARKS.md).
     attention_dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.id_tokens is None:  # resolved at once, so a run's config says which scheme it used
+            self.id_tokens = "digits" if self.backbone else "item"
 
 
 @dataclass
@@ -85,6 +93,10 @@ class TrainConfig:
     n_negatives_start: int | None = None
     curriculum_epochs: int = 1
     max_history: int = 20
+    # departure, 1 = the paper: a sequential training prompt's decoder target is its next item
+    # followed by up to seq_targets - 1 items that came after it (teacher-forced), so one prompt
+    # trains several next-item predictions; evaluation reads only the first
+    seq_targets: int = 1
     max_explanation_tokens: int = 20
     seed: int = 2024
     device: str = "auto"  # auto | cpu | cuda
@@ -157,6 +169,9 @@ def _validate(data: dict) -> Config:
         problems.append(f"train.task_repeats must be >= 1, got {bad}")
     if cfg.eval.direct_decode not in ("score", "beam"):
         problems.append("eval.direct_decode must be 'score' or 'beam'")
+    if cfg.eval.direct_decode == "beam" and cfg.model.id_tokens == "item":
+        problems.append("eval.direct_decode 'beam' needs model.id_tokens 'digits': with one token per item the "
+                        "exact scores of all candidates are one softmax row ('score')")
     if cfg.train.device not in ("auto", "cpu", "cuda") and not cfg.train.device.startswith("cuda:"):
         problems.append("train.device must be auto, cpu or cuda")
     if cfg.eval.beams < cfg.eval.top_n:
@@ -164,7 +179,7 @@ def _validate(data: dict) -> Config:
     positive = {
         "train.batch_size": cfg.train.batch_size, "train.epochs": cfg.train.epochs,
         "train.max_history": cfg.train.max_history, "train.n_negatives": cfg.train.n_negatives,
-        "train.patience": cfg.train.patience,
+        "train.patience": cfg.train.patience, "train.seq_targets": cfg.train.seq_targets,
         "eval.beams": cfg.eval.beams, "eval.top_n": cfg.eval.top_n,
         "eval.eval_batch_size": cfg.eval.eval_batch_size, "eval.direct_beams": cfg.eval.direct_beams,
         "eval.explanation_beams": cfg.eval.explanation_beams, "model.n_soft_prompts": cfg.model.n_soft_prompts,

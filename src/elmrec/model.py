@@ -36,6 +36,7 @@ from .dropout import replace_dropout
 from .graph import lightgcn, normalized_adjacency, to_torch_sparse
 from .io import atomic_directory
 from .tasks import DIRECT, EXPLANATION, SEQUENTIAL, TASK_IDS
+from .tokenization import id_scheme, item_token_start
 
 # Named backbone sizes. "tiny" and "small" match SPEC section 7; "cpu" is the size we train on a
 # 2-core machine; "small" is the t5-small architecture.
@@ -54,9 +55,14 @@ class DecoderOutput:
 
 
 def build_backbone(config: ModelConfig, vocab_size: int, seed: int) -> T5ForConditionalGeneration:
-    """A randomly initialised T5 of a named size, or a pretrained one (hub name or directory)."""
+    """A randomly initialised T5 of a named size, or a pretrained one (hub name or directory) whose
+    vocabulary grows to ``vocab_size`` when the ``item`` scheme added id tokens to its tokenizer."""
     if config.backbone:
-        return T5ForConditionalGeneration.from_pretrained(config.backbone)
+        t5 = T5ForConditionalGeneration.from_pretrained(config.backbone)
+        if vocab_size > t5.get_input_embeddings().num_embeddings:
+            torch.manual_seed(seed)
+            t5.resize_token_embeddings(vocab_size)
+        return t5
     torch.manual_seed(seed)
     t5_config = T5Config(
         vocab_size=vocab_size, dropout_rate=config.dropout, feed_forward_proj="relu",
@@ -68,9 +74,13 @@ def build_backbone(config: ModelConfig, vocab_size: int, seed: int) -> T5ForCond
 class ELMRec(nn.Module):
     def __init__(
         self, config: ModelConfig, t5: T5ForConditionalGeneration, n_users: int, n_items: int,
-        adjacency: sp.csr_matrix,
+        adjacency: sp.csr_matrix, item_token_start: int | None = None,
     ):
         super().__init__()
+        if config.id_tokens == "item" and item_token_start is None:
+            raise ValueError("the item id scheme needs the vocabulary id of item_1 (item_token_start)")
+        # item scheme: items 1..n_items are the vocabulary ids item_token_start + 0..n_items - 1
+        self.item_token_start = item_token_start if config.id_tokens == "item" else None
         self.config, self.t5 = config, t5
         t5.set_attn_implementation(attention.NAME)
         replace_dropout(t5)
@@ -171,12 +181,40 @@ class ELMRec(nn.Module):
         with torch.autocast(states.device.type, enabled=False):
             return F.linear(self.head_states(states), self.t5.lm_head.weight.float())
 
+    # --- item scheme: the output is an item (or </s>) --------------------------------------------
+    def item_output_rows(self) -> torch.Tensor:
+        """Vocabulary rows an item task may output in the item scheme: </s>, then items 1..n."""
+        eos = self.t5.config.eos_token_id
+        items = torch.arange(self.item_token_start, self.item_token_start + self.n_items)
+        return torch.cat([torch.tensor([eos]), items]).to(self.t5.lm_head.weight.device)
+
+    def item_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """(.., 1 + n_items) fp32 logits of </s> and every item: the softmax of an item task runs
+        over what it can output (a vocabulary of users, words and items is 3.5x larger on Beauty),
+        which is constrained decoding and the cheaper half of the training step."""
+        with torch.autocast(states.device.type, enabled=False):
+            return F.linear(self.head_states(states), self.t5.lm_head.weight[self.item_output_rows()].float())
+
+    def _item_task_loss(self, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        states = self.t5.decoder(
+            input_ids=self.t5._shift_right(labels), encoder_hidden_states=hidden, encoder_attention_mask=mask,
+            use_cache=False,
+        ).last_hidden_state
+        # logits at real target positions only (a batch's targets are padded to its longest); the
+        # vocabulary id -> output row: </s> -> 0, item k -> k
+        real = labels != -100
+        target = torch.where(labels == self.t5.config.eos_token_id, 0, labels - self.item_token_start + 1)
+        return F.cross_entropy(self.item_logits(states[real]), target[real])
+
     def forward(
         self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, whole_word: torch.Tensor,
         labels: torch.Tensor, graph: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean token cross-entropy of the targets (labels padded with -100)."""
+        """Mean token cross-entropy of the targets (labels padded with -100); in the item scheme an
+        item task's softmax runs over </s> and the items only (``item_logits``)."""
         hidden, mask = self.encode(task, input_ids, attention_mask, whole_word, graph)
+        if self.item_token_start is not None and task != EXPLANATION:
+            return self._item_task_loss(hidden, mask, labels)
         return self.t5(encoder_outputs=(hidden,), attention_mask=mask, labels=labels).loss
 
     # --- checkpoints ---------------------------------------------------------------------------
@@ -187,7 +225,8 @@ class ELMRec(nn.Module):
         """Write config, safetensors weights, graph, tokenizer (and e.g. id maps) atomically."""
         with atomic_directory(directory) as tmp:
             self.t5.config.save_pretrained(tmp)
-            meta = {"model": asdict(self.config), "n_users": self.n_users, "n_items": self.n_items}
+            meta = {"model": asdict(self.config), "n_users": self.n_users, "n_items": self.n_items,
+                    "item_token_start": self.item_token_start}
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
             state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
             # T5 ties shared/encoder/decoder embeddings and lm_head: store the one tensor once
@@ -219,12 +258,12 @@ class ELMRec(nn.Module):
             raise FileNotFoundError(f"{d}: not an elmrec checkpoint (missing {CONFIG_FILE} or {WEIGHTS_FILE})")
         try:
             meta = json.loads((d / CONFIG_FILE).read_text())
-            config = ModelConfig(**meta["model"])
+            config = ModelConfig(**{"id_tokens": "digits", **meta["model"]})  # older checkpoints: digits
             t5 = T5ForConditionalGeneration(T5Config.from_pretrained(d))
             g = load_file(str(d / GRAPH_FILE))
             n = meta["n_users"] + meta["n_items"] + 1
             adj = sp.csr_matrix((g["data"].numpy(), g["indices"].numpy(), g["indptr"].numpy()), shape=(n, n))
-            model = cls(config, t5, meta["n_users"], meta["n_items"], adj)
+            model = cls(config, t5, meta["n_users"], meta["n_items"], adj, meta.get("item_token_start"))
             state = load_file(str(d / WEIGHTS_FILE))
             missing, unexpected = model.load_state_dict(state, strict=False)
         except (SafetensorError, TypeError, RuntimeError, KeyError, json.JSONDecodeError) as e:
@@ -235,18 +274,25 @@ class ELMRec(nn.Module):
         if t5.config.tie_word_embeddings is not False:
             t5.tie_weights()
         model.eval()
-        return model.to(device), AutoTokenizer.from_pretrained(d)
+        tokenizer = AutoTokenizer.from_pretrained(d)
+        scheme = id_scheme(tokenizer)
+        if scheme != config.id_tokens or (scheme == "item" and item_token_start(tokenizer, model.n_items)
+                                          != model.item_token_start):  # never read ids in another scheme
+            raise ValueError(f"{d}: the model was trained with id_tokens {config.id_tokens!r} but its tokenizer "
+                             f"writes ids as {scheme!r} (or numbers them otherwise): damaged or mixed checkpoint")
+        return model.to(device), tokenizer
 
 
 def build_model(
     config: ModelConfig, n_users: int, n_items: int, train_users: np.ndarray, train_items: np.ndarray,
-    vocab_size: int, seed: int,
+    vocab_size: int, seed: int, item_token_start: int | None = None,
 ) -> ELMRec:
-    """A fresh ELMRec over the graph of the given (training) interactions."""
+    """A fresh ELMRec over the graph of the given (training) interactions; ``item_token_start``
+    (item scheme): the vocabulary id of ``item_1`` (``tokenization.item_token_start``)."""
     t5 = build_backbone(config, vocab_size, seed)
     adjacency = normalized_adjacency(n_users, n_items, train_users, train_items)
     torch.manual_seed(seed + 1)
-    return ELMRec(config, t5, n_users, n_items, adjacency)
+    return ELMRec(config, t5, n_users, n_items, adjacency, item_token_start)
 
 
 __all__ = ["ELMRec", "build_model", "T5_SIZES", "SEQUENTIAL", "DIRECT", "EXPLANATION"]

@@ -82,9 +82,17 @@ def render(sample: Sample, template: int, n_users: int, incremental: bool) -> Pr
     return Prompt("".join(parts), np.asarray(spans, dtype=np.int64).reshape(-1, 3))
 
 
-def target_text(sample: Sample) -> str:
-    """Item targets are generated as the bare number ("4567"); explanations as words."""
-    return str(sample.target)
+def item_text(item: int, id_tokens: str) -> str:
+    """An item as the model generates it: the bare number ("4567", ``digits``) or its own token
+    ("item_4567", ``item``)."""
+    return f"item_{item}" if id_tokens == "item" else str(item)
+
+
+def target_text(sample: Sample, id_tokens: str = "digits") -> str:
+    """The decoder's target: the item (then its continuation, if any), or the explanation's words."""
+    if sample.task == EXPLANATION:
+        return str(sample.target)
+    return " ".join(item_text(int(i), id_tokens) for i in (sample.target, *sample.continuation))
 
 
 def corpus() -> list[str]:

@@ -1,9 +1,15 @@
 """A trained checkpoint as a recommender: the evaluation ``Scorer`` interface, and
 ``recommend`` / ``explain`` for people.
 
-Sequential: constrained beam search returns top_n + N ids, reranking drops what the user already
-interacted with and keeps top_n. Direct: the exact log-likelihood of every candidate (or the
-paper's constrained beam search over the candidates with ``direct_decode="beam"``).
+``digits`` scheme (ids of several tokens). Sequential: constrained beam search returns top_n + N
+ids, reranking drops what the user already interacted with and keeps top_n. Direct: the exact
+log-likelihood of every candidate (or the paper's constrained beam search over the candidates
+with ``direct_decode="beam"``).
+
+``item`` scheme (one token per item): one decoder step gives the log-probability of every item,
+an exact ranking. Sequential: reranking drops the user's items from that row and keeps top_n (the
+items it dropped from the first top_n + N are counted, as with beams). Direct: the row read at the
+candidates.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from .generation import (
     candidate_log_likelihood,
     candidate_tokens,
     generate_text,
+    item_log_probs,
     rerank,
 )
 from .model import ELMRec
@@ -75,7 +82,9 @@ class Recommender:
         """Load a checkpoint directory; ``eval_overrides`` change EvalConfig fields (beams, top_n...)."""
         d = Path(directory)
         model, tokenizer = ELMRec.from_pretrained(d, resolve_device(device))
-        run = config_from_dict(json.loads((d / "run_config.json").read_text()))
+        raw = json.loads((d / "run_config.json").read_text())
+        raw["model"]["id_tokens"] = model.config.id_tokens  # the weights' scheme (older runs: digits)
+        run = config_from_dict(raw)
         unknown = set(eval_overrides) - set(EvalConfig.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown evaluation setting(s): {sorted(unknown)}")
@@ -98,6 +107,10 @@ class Recommender:
     @property
     def n_items(self) -> int:
         return self.model.n_items
+
+    @property
+    def id_tokens(self) -> str:
+        return self.model.config.id_tokens
 
     def check_dataset(self, fingerprint: str) -> None:
         """A checkpoint only makes sense on the dataset (ids, split) it was trained on."""
@@ -127,7 +140,7 @@ class Recommender:
         """Row indices in batches of ``eval_batch_size``, prompts of similar length together: a
         batch pads to its longest prompt, and one of equal lengths needs no padding mask at all.
         Every result goes back to its own row, so the order changes nothing but the speed."""
-        order = np.argsort([_prompt_tokens(s) for s in samples], kind="stable")
+        order = np.argsort([_prompt_tokens(s, self.id_tokens) for s in samples], kind="stable")
         bs = self.eval.eval_batch_size
         return [order[k : k + bs] for k in range(0, len(order), bs)]
 
@@ -143,12 +156,55 @@ class Recommender:
         return s
 
     # --- sequential ---------------------------------------------------------------------------
+    def _sequential_samples(self, users: np.ndarray, histories: list[np.ndarray]) -> list[Sample]:
+        return [Sample(SEQUENTIAL, int(u), tuple(int(i) for i in h[-self.max_history:]), 0)
+                for u, h in zip(users, histories)]
+
+    @torch.no_grad()
+    def item_log_likelihood(self, hidden: torch.Tensor, mask: torch.Tensor, items: np.ndarray) -> torch.Tensor:
+        """Exact log P(item | prompt) of (B, C) item ids for encoded prompts, in either id scheme:
+        the first decoder step's row (``item``) or the prefix-tree pass over their pieces (``digits``)."""
+        if self.id_tokens == "item":
+            columns = torch.as_tensor(np.asarray(items) - 1, device=self.device)
+            return item_log_probs(self.model, hidden, mask).gather(1, columns)
+        tokens = candidate_tokens(self.tokenizer, np.asarray(items), self.device)
+        return candidate_log_likelihood(self.model, hidden, mask, tokens)
+
+    def _next_item_scores(self, samples: list[Sample]) -> np.ndarray:
+        """Item scheme: log P(item | prompt) of every item (column k = item k, column 0 -inf); one
+        decoder step per batch."""
+        out = np.full((len(samples), self.n_items + 1), -np.inf)
+        for rows in self._batches(samples):
+            with self._autocast():
+                hidden, mask = self._encode([samples[r] for r in rows])
+                out[rows, 1:] = item_log_probs(self.model, hidden, mask).cpu().numpy()
+        return out
+
+    def _ranked_row(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+        """Item scheme: every item's score, the user's own items at -inf when reranking (the
+        exact version of what beams + N extra candidates approximate); counts what the first
+        top_n + N would have dropped."""
+        scores = self._next_item_scores(self._sequential_samples(users, histories))
+        n_gen = self.eval.top_n + (self.eval.extra_candidates if self.eval.rerank else 0)
+        self._stats["generated"] += len(users) * min(n_gen, self.n_items)
+        self._stats["users"] += len(users)
+        if self.eval.rerank:
+            top = np.argsort(-scores, axis=1, kind="stable")[:, :n_gen]
+            for r, h in enumerate(histories):
+                self._stats["dropped_by_rerank"] += int(np.isin(top[r], h).sum())
+                scores[r, np.asarray(h, dtype=np.int64)] = -np.inf
+        return scores
+
     def generate_sequential(self, users: np.ndarray, histories: list[np.ndarray]):
         """Top items per user after reranking: (items, scores, dropped), each row top_n long."""
+        if self.id_tokens == "item":
+            scores = self._ranked_row(users, histories)
+            items = np.argsort(-scores, axis=1, kind="stable")[:, : self.eval.top_n]
+            top = np.take_along_axis(scores, items, 1)
+            return np.where(top > -np.inf, items, 0), top, np.zeros(len(users), dtype=np.int64)
         n_gen = self.eval.top_n + (self.eval.extra_candidates if self.eval.rerank else 0)
         beams = max(self.eval.beams, n_gen)
-        samples = [Sample(SEQUENTIAL, int(u), tuple(int(i) for i in h[-self.max_history:]), 0)
-                   for u, h in zip(users, histories)]
+        samples = self._sequential_samples(users, histories)
         items, scores = self._search(samples, beams, n_gen)
         valid = (items >= 1) & (items <= self.n_items)
         self._stats["generated"] += int((scores > -np.inf).sum())
@@ -186,6 +242,8 @@ class Recommender:
         return items, scores
 
     def score_all(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+        if self.id_tokens == "item":  # an exact score for every item, not only the top n
+            return self._ranked_row(users, histories)
         items, scores, _ = self.generate_sequential(users, histories)
         out = np.full((len(users), self.n_items + 1), -np.inf)
         rows = np.repeat(np.arange(len(users)), items.shape[1])
@@ -207,8 +265,7 @@ class Recommender:
             with self._autocast():
                 hidden, mask = self._encode([samples[r] for r in rows])
                 if self.eval.direct_decode == "score":
-                    tokens = candidate_tokens(self.tokenizer, candidates[rows], self.device)
-                    out[rows] = candidate_log_likelihood(self.model, hidden, mask, tokens).cpu().numpy()
+                    out[rows] = self.item_log_likelihood(hidden, mask, candidates[rows]).cpu().numpy()
                 else:
                     out[rows] = self._beam_scores(hidden, mask, candidates[rows])
         self._stats["users"] += len(users)
@@ -262,7 +319,7 @@ class Recommender:
             if len(history) == 0:
                 raise ValueError("the history is empty: give at least one item")
             hist = np.array([self.resolve_item(i) for i in history], dtype=np.int64)
-            uid = self.n_users + 1  # a fresh id: no graph node, and the incremental index is 1 anyway
+            uid = 0  # "a user never seen": no graph node (and the incremental index is 1 anyway)
         else:
             uid = self.resolve_user(user)
             hist = self.user_history(uid)
@@ -295,10 +352,12 @@ class Recommender:
         return texts
 
 
-def _prompt_tokens(sample: Sample) -> int:
-    """The id tokens of a sample's prompt, as the tokenizer splits ids (word piece, ``_``, digit
-    chunks of two): what its length differs by from other prompts of the same template."""
+def _prompt_tokens(sample: Sample, id_tokens: str) -> int:
+    """The id tokens of a sample's prompt (one per id, or as the tokenizer splits ids: word piece,
+    ``_``, digit chunks of two): what its length differs by from other prompts of the same template."""
     ids = np.asarray([sample.user, *sample.items], dtype=np.int64)
+    if id_tokens == "item":
+        return len(ids)
     digits = np.floor(np.log10(np.maximum(ids, 1))).astype(np.int64) + 1
     return int((2 + (digits + 1) // 2).sum())
 

@@ -22,6 +22,9 @@ class Sample:
     user: int
     items: tuple[int, ...]  # history (sequential), candidates (direct) or the item (explanation)
     target: int | str  # item id, or the review sentence for explanation
+    # sequential training only: the items that followed the target, decoded after it (teacher-forced)
+    # so one prompt trains several next-item predictions (``TrainConfig.seq_targets``)
+    continuation: tuple[int, ...] = ()
 
 
 def _train_histories(dataset: Dataset, users: np.ndarray) -> list[np.ndarray]:
@@ -29,10 +32,12 @@ def _train_histories(dataset: Dataset, users: np.ndarray) -> list[np.ndarray]:
 
 
 def sequential_train_samples(
-    dataset: Dataset, users: np.ndarray, rng: np.random.Generator, max_history: int = 20
+    dataset: Dataset, users: np.ndarray, rng: np.random.Generator, max_history: int = 20, targets: int = 1,
 ) -> list[Sample]:
     """A random contiguous segment (length >= 2) of each user's training history; its last item is
-    the target and at most ``max_history`` items before it form the input."""
+    the target and at most ``max_history`` items before it form the input. ``targets`` > 1 (a
+    departure): up to ``targets - 1`` items that followed the target in the training history become
+    its ``continuation``."""
     out = []
     for u, h in zip(users, _train_histories(dataset, users)):
         if len(h) < 2:
@@ -40,7 +45,8 @@ def sequential_train_samples(
         end = int(rng.integers(2, len(h) + 1))  # exclusive end, segment holds >= 2 items
         start = int(rng.integers(0, end - 1))
         start = max(start, end - 1 - max_history)
-        out.append(Sample(SEQUENTIAL, int(u), tuple(int(i) for i in h[start : end - 1]), int(h[end - 1])))
+        out.append(Sample(SEQUENTIAL, int(u), tuple(int(i) for i in h[start : end - 1]), int(h[end - 1]),
+                          tuple(int(i) for i in h[end : end + targets - 1])))
     return out
 
 
@@ -92,13 +98,13 @@ def explanation_samples(
 
 def train_samples(
     task: str, dataset: Dataset, users: np.ndarray, rng: np.random.Generator, max_history: int = 20,
-    n_negatives: int = 99,
+    n_negatives: int = 99, seq_targets: int = 1,
 ) -> list[Sample]:
     """One pass of a task's training samples: one per user for sequential (users with fewer than two
     training items give none) and direct, every training review in a random order for explanation
     (``users`` unused)."""
     if task == SEQUENTIAL:
-        return sequential_train_samples(dataset, users, rng, max_history)
+        return sequential_train_samples(dataset, users, rng, max_history, seq_targets)
     if task == DIRECT:
         return direct_train_samples(dataset, users, rng, n_negatives)
     if task == EXPLANATION:

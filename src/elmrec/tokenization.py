@@ -1,9 +1,15 @@
-"""The package's own offline tokenizer, and prompts -> tensors with whole-word indices.
+"""The package's own offline tokenizer, the two id schemes, and prompts -> tensors with whole-word
+indices.
 
-The tokenizer mimics how T5's SentencePiece treats ids: ``user_123`` becomes ``▁user``, ``_``,
-``12``, ``3`` (a word piece, the underscore, and digit chunks of at most two digits), so distinct
-ids share pieces - the "spurious relatedness" that whole-word embeddings exist to fix. It is a
-plain ``tokenizers`` pipeline saved as ``tokenizer.json``, so
+- ``digits`` (the paper's): the tokenizer mimics how T5's SentencePiece treats ids: ``user_123``
+  becomes ``▁user``, ``_``, ``12``, ``3`` (a word piece, the underscore, and digit chunks of at most
+  two digits), so distinct ids share pieces - the "spurious relatedness" that whole-word embeddings
+  exist to fix.
+- ``item``: every user and item of the dataset is one added token (``user_123``, ``item_4567``;
+  ``user_0`` stands for a user the model never saw). A randomly initialised T5 learns these far
+  faster than ids composed of digit pieces (BENCHMARKS.md); template words stay word pieces.
+
+Either way it is a plain ``tokenizers`` pipeline saved as ``tokenizer.json``, so
 ``transformers.AutoTokenizer.from_pretrained(checkpoint_dir)`` loads it.
 """
 
@@ -14,21 +20,27 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from .prompts import Prompt, corpus
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"  # ids 0, 1, 2 as in T5 (decoding starts from <pad>)
+ID_SCHEMES = ("digits", "item")
 _DIGIT_CHUNKS = [str(i) for i in range(10)] + [f"{i:02d}" for i in range(100)]
 
 
-def build_tokenizer(texts: Iterable[str] = (), vocab_size: int = 8000) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    texts: Iterable[str] = (), vocab_size: int = 8000, id_tokens: str = "digits", n_users: int = 0, n_items: int = 0,
+) -> PreTrainedTokenizerFast:
     """Train a BPE tokenizer on the template words plus ``texts`` (e.g. review sentences).
 
     Every one- and two-digit chunk is guaranteed to be a single token, so any id tokenises into
-    word piece + ``_`` + digit chunks whatever the training text was.
+    word piece + ``_`` + digit chunks whatever the training text was; with ``id_tokens="item"`` the
+    ``n_users`` users and ``n_items`` items get one token each on top (``add_id_tokens``).
     """
+    if id_tokens not in ID_SCHEMES:
+        raise ValueError(f"id_tokens must be one of {ID_SCHEMES}, got {id_tokens!r}")
     tok = Tokenizer(models.BPE(unk_token=UNK))
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -60,7 +72,47 @@ def build_tokenizer(texts: Iterable[str] = (), vocab_size: int = 8000) -> PreTra
     for piece in _DIGIT_CHUNKS:
         if out.tokenize(piece) != ["\u2581", piece]:
             raise RuntimeError(f"tokenizer failed to learn digit chunk {piece!r}")
-    return out
+    return add_id_tokens(out, n_users, n_items) if id_tokens == "item" else out
+
+
+def add_id_tokens(tokenizer: PreTrainedTokenizerBase, n_users: int, n_items: int) -> PreTrainedTokenizerBase:
+    """The ``item`` scheme: ``user_0`` .. ``user_{n_users}`` and ``item_1`` .. ``item_{n_items}`` as
+    one token each. They match whole words only (``user_12`` never inside ``user_123``) and absorb
+    the spaces around them, so a list of 100 ids is 100 tokens, not 200."""
+    def token(text: str) -> AddedToken:
+        return AddedToken(text, single_word=True, lstrip=True, rstrip=True, normalized=False)
+
+    tokenizer.add_tokens([token(f"user_{u}") for u in range(n_users + 1)]
+                         + [token(f"item_{i}") for i in range(1, n_items + 1)])
+    return tokenizer
+
+
+def id_scheme(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Which scheme a tokenizer writes ids in: ``item`` if ``item_1`` is one token of it."""
+    return "item" if "item_1" in tokenizer.get_added_vocab() else "digits"
+
+
+def item_vocab_ids(tokenizer: PreTrainedTokenizerBase, items: Sequence[int] | np.ndarray) -> np.ndarray:
+    """``item`` scheme: the vocabulary id of each item's token (a clear error for an item the
+    tokenizer has no token for)."""
+    vocab = tokenizer.get_added_vocab()
+    missing = [int(i) for i in items if f"item_{int(i)}" not in vocab]
+    if missing:
+        raise ValueError(f"the tokenizer has no token for item(s) {missing[:5]}: it was built for fewer items "
+                         "(a checkpoint of another dataset?)")
+    return np.array([vocab[f"item_{int(i)}"] for i in items], dtype=np.int64)
+
+
+def item_token_start(tokenizer: PreTrainedTokenizerBase, n_items: int) -> int | None:
+    """``item`` scheme: the vocabulary id of ``item_1``; items 1..n_items are consecutive from it
+    (``add_id_tokens`` adds them in order), so the model's item outputs are one slice. None for a
+    ``digits`` tokenizer."""
+    if id_scheme(tokenizer) != "item":
+        return None
+    ids = item_vocab_ids(tokenizer, np.arange(1, n_items + 1))
+    if not np.array_equal(ids, ids[0] + np.arange(n_items)):
+        raise ValueError("the tokenizer's item tokens are not consecutive: build it with add_id_tokens")
+    return int(ids[0])
 
 
 def encode_prompts(
@@ -76,11 +128,13 @@ def encode_prompts(
     # One global coordinate system: sample b's characters live at b * stride + char.
     stride = max(len(p.text) for p in prompts) + 2
     spans = np.concatenate([p.spans + [b * stride, b * stride, 0] for b, p in enumerate(prompts)])
-    ends = offsets[..., 1]
-    real = (ends > offsets[..., 0]) & (enc["attention_mask"] > 0)  # skips </s>, padding
-    pos = (ends - 1) + (np.arange(B) * stride)[:, None]  # last character of each token
-    k = np.searchsorted(spans[:, 0], pos, side="right") - 1
-    inside = real & (k >= 0) & (pos < spans[np.maximum(k, 0), 1])
+    starts, ends = offsets[..., 0], offsets[..., 1]
+    real = (ends > starts) & (enc["attention_mask"] > 0)  # skips </s>, padding
+    shift = (np.arange(B) * stride)[:, None]
+    # the last id span that starts before the token ends; the token belongs to it if they overlap
+    # (an ``item``-scheme token's characters include the spaces it absorbs)
+    k = np.searchsorted(spans[:, 0], ends - 1 + shift, side="right") - 1
+    inside = real & (k >= 0) & (starts + shift < spans[np.maximum(k, 0), 1])
     whole_word = np.where(inside, spans[np.maximum(k, 0), 2], 0)
     return {
         "input_ids": torch.as_tensor(enc["input_ids"], device=device),

@@ -29,9 +29,9 @@ from .config import Config, TrainConfig, config_from_dict
 from .data import Dataset
 from .io import atomic_write_text
 from .model import ELMRec, build_model
-from .prompts import EVAL_TEMPLATE, TEMPLATES, render, target_text
+from .prompts import EVAL_TEMPLATE, TEMPLATES, item_text, render, target_text
 from .runtime import resolve_device, tune_cpu
-from .tokenization import build_tokenizer, encode_prompts, encode_targets
+from .tokenization import add_id_tokens, build_tokenizer, encode_prompts, encode_targets, item_token_start
 
 BEST, LAST, STATE_FILE, LOG_FILE = "best", "last", "training_state.pt", "log.jsonl"
 RESUMABLE = ("epochs", "patience", "budget_minutes", "device", "threads", "micro_batch_size", "length_groups",
@@ -68,16 +68,16 @@ def make_batch(
     task = samples[0].task
     prompts = [render(s, t, n_users, cfg.model.use_incremental) for s, t in zip(samples, templates)]
     max_tokens = cfg.train.max_explanation_tokens + 1 if task == T.EXPLANATION else None
-    return Batch(
-        task,
-        encode_prompts(tokenizer, prompts, device),
-        encode_targets(tokenizer, [target_text(s) for s in samples], max_tokens, device),
-        len(samples),
-    )
+    labels = encode_targets(tokenizer, [target_text(s, cfg.model.id_tokens) for s in samples], max_tokens, device)
+    if cfg.model.id_tokens == "item" and task != T.EXPLANATION:
+        # one token per item and only the first is ever read: no </s> to learn (a quarter of the
+        # output positions); the losses are then nats per item
+        labels = labels.masked_fill(labels == tokenizer.eos_token_id, -100)
+    return Batch(task, encode_prompts(tokenizer, prompts, device), labels, len(samples))
 
 
 def item_prior_loss(
-    batches: list[Batch], tokenizer: PreTrainedTokenizerBase, item_counts: np.ndarray
+    batches: list[Batch], tokenizer: PreTrainedTokenizerBase, item_counts: np.ndarray, id_tokens: str = "digits",
 ) -> dict[str, float]:
     """The validation loss, per item task, of a model that ignores its prompt and draws the item
     by training frequency (+1): what the model's own validation loss has to go below before it can
@@ -86,7 +86,7 @@ def item_prior_loss(
     continue the prefix. Going below it is necessary, not sufficient: on direct prompts a model
     that reads only its candidate list (not the user) already goes far below it."""
     counts = np.asarray(item_counts, dtype=np.float64)[1:] + 1.0
-    ids = tokenizer([str(i) for i in range(1, len(counts) + 1)])["input_ids"]
+    ids = tokenizer([item_text(i, id_tokens) for i in range(1, len(counts) + 1)])["input_ids"]
     mass: dict[tuple[int, ...], float] = {}
     for seq, c in zip(ids, counts):
         for k in range(len(seq) + 1):
@@ -272,13 +272,20 @@ class _Training:
         self.tasks = active_tasks(cfg, dataset)
         if not self.tasks:
             raise ValueError(f"no trainable task among {cfg.train.tasks} for this dataset")
-        if tokenizer_dir is not None or cfg.model.backbone:  # resume: the run's own tokenizer
-            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or cfg.model.backbone)
+        if tokenizer_dir is not None:  # resume: the run's own tokenizer
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        elif cfg.model.backbone:
+            self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.backbone)
+            if cfg.model.id_tokens == "item":
+                add_id_tokens(self.tokenizer, dataset.n_users, dataset.n_items)
         else:  # only reviews the model may train on shape the vocabulary
-            self.tokenizer = build_tokenizer([s.target for s in T.explanation_samples(dataset, "train")])
+            self.tokenizer = build_tokenizer([s.target for s in T.explanation_samples(dataset, "train")],
+                                             id_tokens=cfg.model.id_tokens, n_users=dataset.n_users,
+                                             n_items=dataset.n_items)
         users, items = dataset.train_pairs()
         self.model = build_model(
-            cfg.model, dataset.n_users, dataset.n_items, users, items, len(self.tokenizer), cfg.train.seed
+            cfg.model, dataset.n_users, dataset.n_items, users, items, len(self.tokenizer), cfg.train.seed,
+            item_token_start(self.tokenizer, dataset.n_items),
         ).to(self.device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
@@ -322,7 +329,8 @@ class _Training:
         users = rng.permutation(data.users)[self.rank :: self.world]
 
         def fresh(task: str) -> list[T.Sample]:  # reviews are not per user: each rank takes its share
-            s = T.train_samples(task, data, users, rng, cfg.train.max_history, direct_negatives(cfg.train, epoch))
+            s = T.train_samples(task, data, users, rng, cfg.train.max_history, direct_negatives(cfg.train, epoch),
+                                cfg.train.seq_targets)
             return s[self.rank :: self.world] if task == T.EXPLANATION else s
 
         bs = cfg.train.batch_size
@@ -472,7 +480,9 @@ def train(
         last = out / LAST
         if not (last / STATE_FILE).is_file():
             raise FileNotFoundError(f"{out}: nothing to resume (no {LAST}/{STATE_FILE})")
-        saved = config_from_dict(json.loads((last / "run_config.json").read_text()))
+        raw = json.loads((last / "run_config.json").read_text())
+        raw["model"].setdefault("id_tokens", "digits")  # runs from before the item scheme
+        saved = config_from_dict(raw)
         # a resumed run keeps its model, data and sampling settings; only how long and where it
         # runs may change (e.g. more epochs or a larger budget)
         for name in RESUMABLE:
@@ -497,7 +507,7 @@ def train(
         if rank == 0:
             run.cfg.save(out / "config.json")
             (out / LOG_FILE).unlink(missing_ok=True)
-        prior = item_prior_loss(run.valid_batches, run.tokenizer, dataset.item_counts())
+        prior = item_prior_loss(run.valid_batches, run.tokenizer, dataset.item_counts(), run.cfg.model.id_tokens)
         run.log({"epoch": 0, "valid_loss": run.validation_loss(), "item_prior_loss": prior, "elapsed_s": 0.0})
         if prior and rank == 0:
             echo("validation loss of an item prior (training frequencies, prompt ignored): "
