@@ -89,7 +89,7 @@ def evaluate_row(results: dict, label: str, scorer, dataset, users, name: str, p
         row[f"{task}_eval_s"] = time.time() - t0
         row[f"{task}_peak_gb"] = peak_gb()
         row[f"{task}_users"] = res.protocol["n_users"]
-        if hasattr(scorer, "stats"):
+        if hasattr(scorer, "reset_stats"):  # an ELMRec recommender's counts (dropped, invalid)
             row[f"{task}_stats"] = scorer.stats()
             scorer.reset_stats()
         print(f"[{name}] {label} {task}: NDCG@10 {res.metrics['NDCG@10']:.4f} HR@10 {res.metrics['HR@10']:.4f}"
