@@ -390,11 +390,11 @@ def test_candidate_reading_counts_listed_wins_and_samples_only_unlisted_items(tr
     rec = Recommender.from_pretrained(trained_checkpoint, device="cpu")
     calls = []
 
-    def planted(model, hidden, mask, tokens):
-        calls.append(tokens.shape)
-        return torch.full(tokens.shape[:2], 0.0 if len(calls) % 2 else -1.0)
+    def planted(hidden, mask, items):
+        calls.append(items.shape)
+        return torch.full(items.shape, 0.0 if len(calls) % 2 else -1.0)
 
-    monkeypatch.setattr(diagnose, "candidate_log_likelihood", planted)
+    monkeypatch.setattr(rec, "item_log_likelihood", planted)
     got = diagnose.candidate_reading(rec, quick_dataset, users, batch_size=5)
     assert got == {"listed_wins": 1.0, "log_likelihood_gap": 1.0, "users": 12} and len(calls) == 6
 

@@ -34,6 +34,51 @@ def test_sequential_samples_stay_inside_training_history():
             assert any(train_items[k : k + len(seg)] == seg for k in range(len(train_items)))
 
 
+def test_sequential_continuations_are_what_followed_the_target_in_training():
+    ds = Dataset.from_histories([[1, 2, 3, 4, 5, 6, 7, 8], [9, 10, 11, 12]], n_items=12)
+    lengths = set()
+    for seed in range(30):
+        plain = T.sequential_train_samples(ds, ds.users, np.random.default_rng(seed), max_history=3)
+        more = T.sequential_train_samples(ds, ds.users, np.random.default_rng(seed), max_history=3, targets=3)
+        for a, b in zip(plain, more):
+            assert (a.user, a.items, a.target, a.continuation) == (b.user, b.items, b.target, ())  # same draws
+            train_items = list(ds.split_history(b.user, "train"))  # never the validation/test items
+            seg = list(b.items) + [b.target, *b.continuation]
+            assert len(b.continuation) <= 2 and any(train_items[k : k + len(seg)] == seg
+                                                    for k in range(len(train_items)))
+            # the continuation stops only where the training history does
+            assert len(b.continuation) == 2 or seg[-1] == train_items[-1]
+            lengths.add(len(b.continuation))
+    assert lengths == {0, 1, 2}
+    sample = T.Sample(T.SEQUENTIAL, 1, (1, 2), 3, (4, 5))
+    from elmrec.prompts import target_text
+
+    assert target_text(sample, "item") == "item_3 item_4 item_5" and target_text(sample, "digits") == "3 4 5"
+
+
+def test_a_pretrained_backbone_takes_the_item_scheme(tmp_path, synthetic_dataset):
+    """A user's own T5 and tokenizer (here tiny, saved by the test): the item scheme adds one token
+    per user and item to its tokenizer and grows its embeddings; the checkpoint reloads."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from elmrec.model import ELMRec
+    from elmrec.tokenization import build_tokenizer, id_scheme
+
+    tok = build_tokenizer()
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=len(tok), d_model=32, d_ff=64, num_layers=1,
+                                             num_heads=2, d_kv=16, decoder_start_token_id=0))
+    t5.save_pretrained(tmp_path / "mini")
+    tok.save_pretrained(tmp_path / "mini")
+    assert _cfg(backbone=str(tmp_path / "mini")).model.id_tokens == "digits"  # default with a backbone
+    cfg = _cfg(backbone=str(tmp_path / "mini"), id_tokens="item", epochs=1, tasks=["sequential", "direct"])
+    train(cfg, synthetic_dataset, tmp_path / "run", progress=False, echo=lambda s: None)
+    model, tokenizer = ELMRec.from_pretrained(tmp_path / "run" / "best")
+    n_ids = synthetic_dataset.n_users + 1 + synthetic_dataset.n_items
+    assert id_scheme(tokenizer) == "item" and len(tokenizer) == len(tok) + n_ids
+    assert model.t5.config.vocab_size == len(tokenizer) and model.t5.config.d_model == 32
+    assert model.item_token_start == tokenizer.convert_tokens_to_ids("item_1")
+
+
 def test_direct_samples_hold_one_training_positive_and_fresh_negatives():
     ds = Dataset.from_histories([[1, 2, 3, 4, 5, 6]] * 3, n_items=40)
     rng = np.random.default_rng(0)
