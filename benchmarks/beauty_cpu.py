@@ -41,7 +41,7 @@ ABLATIONS = {
     "no-graph": {"use_graph": False},
     "no-incremental": {"use_incremental": False},
     "no-soft-prompts": {"use_soft_prompts": False},
-    "digits": {"id_tokens": "digits"},
+    "digits": {"id_tokens": "digits", "seq_targets": 1},  # continuations are for one-token ids
 }
 BASELINE_ROWS = ("popularity", "cooccurrence", "id-shortcut")
 
@@ -80,6 +80,8 @@ def evaluate_row(results: dict, label: str, scorer, dataset, users, name: str, p
     wall time and peak memory of each task's evaluation and the number of users."""
     row = results.setdefault(label, {})
     row["wall_s"] = wall
+    if hasattr(scorer, "reset_stats"):  # the counts of this evaluation only (not of a probe before it)
+        scorer.reset_stats()
     row["exclude_history"] = exclude_history
     for task in tasks:
         peak_reset()

@@ -353,3 +353,13 @@ def test_id_scheme_defaults_follow_the_backbone():
     assert ModelConfig(size="tiny").id_tokens == "item"
     assert ModelConfig(backbone="some/t5").id_tokens == "digits"
     assert ModelConfig(backbone="some/t5", id_tokens="item").id_tokens == "item"
+
+
+def test_item_head_is_the_vocabulary_head_at_eos_and_the_item_tokens(item_tokenizer):
+    """The item scheme's restricted softmax reads the same logits as T5's head, at </s> and at the
+    vocabulary ids the tokenizer gives item_1 .. item_12, in that order."""
+    model = _tiny_model(item_tokenizer)
+    states = torch.randn(3, model.t5.config.d_model)
+    columns = [item_tokenizer.eos_token_id] + item_tokenizer.convert_tokens_to_ids([f"item_{k}" for k in range(1, 13)])
+    torch.testing.assert_close(model.item_logits(states), model.vocabulary_logits(states)[:, columns])
+    assert "item_rows" not in model.state_dict()  # derived from the tokenizer, not a weight

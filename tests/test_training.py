@@ -254,9 +254,11 @@ def test_tiny_model_learns_within_a_minute(tmp_path, synthetic_dataset):
 def test_settings_that_cannot_work_are_refused():
     for bad in ({"max_history": 0}, {"top_n": -1}, {"eval_batch_size": 0}, {"budget_minutes": 0},
                 {"valid_users": 0}, {"n_positions": 10, "max_history": 20}, {"graph_self_weight": -1},
-                {"graph_self_weight": 0, "graph_layers": 0}):
+                {"graph_self_weight": 0, "graph_layers": 0}, {"seq_targets": 0},
+                {"seq_targets": 3, "id_tokens": "digits"}, {"direct_decode": "beam", "id_tokens": "item"}):
         with pytest.raises(ValueError, match="invalid configuration"):
             load_config(overrides=bad)
+    assert load_config(overrides={"seq_targets": 3}).train.seq_targets == 3  # item scheme by default
 
 
 def test_resume_may_extend_epochs_and_says_when_nothing_is_left(tmp_path, synthetic_dataset):

@@ -169,6 +169,9 @@ def _validate(data: dict) -> Config:
         problems.append(f"train.task_repeats must be >= 1, got {bad}")
     if cfg.eval.direct_decode not in ("score", "beam"):
         problems.append("eval.direct_decode must be 'score' or 'beam'")
+    if cfg.train.seq_targets > 1 and cfg.model.id_tokens != "item":  # digit pieces would need </s> per item
+        problems.append("train.seq_targets > 1 needs model.id_tokens 'item': in the digits scheme the items of a "
+                        "continuation run together and the model would learn that </s> rarely follows an item")
     if cfg.eval.direct_decode == "beam" and cfg.model.id_tokens == "item":
         problems.append("eval.direct_decode 'beam' needs model.id_tokens 'digits': with one token per item the "
                         "exact scores of all candidates are one softmax row ('score')")

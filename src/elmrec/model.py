@@ -81,6 +81,10 @@ class ELMRec(nn.Module):
             raise ValueError("the item id scheme needs the vocabulary id of item_1 (item_token_start)")
         # item scheme: items 1..n_items are the vocabulary ids item_token_start + 0..n_items - 1
         self.item_token_start = item_token_start if config.id_tokens == "item" else None
+        if self.item_token_start is not None:  # the output rows of an item task: </s>, then items 1..n
+            rows = torch.cat([torch.tensor([t5.config.eos_token_id]),
+                              torch.arange(self.item_token_start, self.item_token_start + n_items)])
+            self.register_buffer("item_rows", rows, persistent=False)  # follows the model's device
         self.config, self.t5 = config, t5
         t5.set_attn_implementation(attention.NAME)
         replace_dropout(t5)
@@ -182,18 +186,12 @@ class ELMRec(nn.Module):
             return F.linear(self.head_states(states), self.t5.lm_head.weight.float())
 
     # --- item scheme: the output is an item (or </s>) --------------------------------------------
-    def item_output_rows(self) -> torch.Tensor:
-        """Vocabulary rows an item task may output in the item scheme: </s>, then items 1..n."""
-        eos = self.t5.config.eos_token_id
-        items = torch.arange(self.item_token_start, self.item_token_start + self.n_items)
-        return torch.cat([torch.tensor([eos]), items]).to(self.t5.lm_head.weight.device)
-
     def item_logits(self, states: torch.Tensor) -> torch.Tensor:
         """(.., 1 + n_items) fp32 logits of </s> and every item: the softmax of an item task runs
         over what it can output (a vocabulary of users, words and items is 3.5x larger on Beauty),
         which is constrained decoding and the cheaper half of the training step."""
         with torch.autocast(states.device.type, enabled=False):
-            return F.linear(self.head_states(states), self.t5.lm_head.weight[self.item_output_rows()].float())
+            return F.linear(self.head_states(states), self.t5.lm_head.weight[self.item_rows].float())
 
     def _item_task_loss(self, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         states = self.t5.decoder(

@@ -180,29 +180,44 @@ class Recommender:
                 out[rows, 1:] = item_log_probs(self.model, hidden, mask).cpu().numpy()
         return out
 
-    def _ranked_row(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+    def _n_generated(self) -> int:
+        """top_n, plus the N extra candidates that reranking may drop."""
+        return self.eval.top_n + (self.eval.extra_candidates if self.eval.rerank else 0)
+
+    def _check_items(self, items) -> None:
+        """Item ids from callers (histories, candidates) must be items of this checkpoint."""
+        items = np.asarray(items)
+        if items.size and (items.min() < 1 or items.max() > self.n_items):
+            bad = items[(items < 1) | (items > self.n_items)].ravel()[:5].tolist()
+            raise ValueError(f"unknown item id(s) {bad}: this checkpoint has items 1..{self.n_items}")
+
+    def _ranked_row(self, users: np.ndarray, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Item scheme: every item's score, the user's own items at -inf when reranking (the
-        exact version of what beams + N extra candidates approximate); counts what the first
-        top_n + N would have dropped."""
+        exact version of what beams + N extra candidates approximate), and per user how many of
+        the first top_n + N that dropped."""
+        for h in histories:
+            self._check_items(h)
         scores = self._next_item_scores(self._sequential_samples(users, histories))
-        n_gen = self.eval.top_n + (self.eval.extra_candidates if self.eval.rerank else 0)
+        n_gen = self._n_generated()
         self._stats["generated"] += len(users) * min(n_gen, self.n_items)
         self._stats["users"] += len(users)
+        dropped = np.zeros(len(users), dtype=np.int64)
         if self.eval.rerank:
             top = np.argsort(-scores, axis=1, kind="stable")[:, :n_gen]
             for r, h in enumerate(histories):
-                self._stats["dropped_by_rerank"] += int(np.isin(top[r], h).sum())
+                dropped[r] = int(np.isin(top[r], h).sum())
                 scores[r, np.asarray(h, dtype=np.int64)] = -np.inf
-        return scores
+            self._stats["dropped_by_rerank"] += int(dropped.sum())
+        return scores, dropped
 
     def generate_sequential(self, users: np.ndarray, histories: list[np.ndarray]):
         """Top items per user after reranking: (items, scores, dropped), each row top_n long."""
         if self.id_tokens == "item":
-            scores = self._ranked_row(users, histories)
+            scores, dropped = self._ranked_row(users, histories)
             items = np.argsort(-scores, axis=1, kind="stable")[:, : self.eval.top_n]
             top = np.take_along_axis(scores, items, 1)
-            return np.where(top > -np.inf, items, 0), top, np.zeros(len(users), dtype=np.int64)
-        n_gen = self.eval.top_n + (self.eval.extra_candidates if self.eval.rerank else 0)
+            return np.where(top > -np.inf, items, 0), top, dropped
+        n_gen = self._n_generated()
         beams = max(self.eval.beams, n_gen)
         samples = self._sequential_samples(users, histories)
         items, scores = self._search(samples, beams, n_gen)
@@ -243,7 +258,7 @@ class Recommender:
 
     def score_all(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
         if self.id_tokens == "item":  # an exact score for every item, not only the top n
-            return self._ranked_row(users, histories)
+            return self._ranked_row(users, histories)[0]
         items, scores, _ = self.generate_sequential(users, histories)
         out = np.full((len(users), self.n_items + 1), -np.inf)
         rows = np.repeat(np.arange(len(users)), items.shape[1])
@@ -256,6 +271,9 @@ class Recommender:
         """Exact: log P(candidate id | prompt listing the candidates). Beam: the paper's decoding;
         candidates it does not return get -inf."""
         candidates = np.asarray(candidates)
+        self._check_items(candidates)
+        if self.eval.direct_decode == "beam" and self.id_tokens == "item":  # eval replaced after loading
+            raise ValueError("direct_decode 'beam' needs a digits-scheme checkpoint; this one has one token per item")
         # the prompt lists each user's candidates in a fixed shuffled order (target position hidden)
         order = np.stack([np.random.default_rng([0, int(u)]).permutation(candidates.shape[1]) for u in users])
         shown = np.take_along_axis(candidates, order, 1)
