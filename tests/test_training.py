@@ -284,7 +284,7 @@ def test_micro_batches_give_the_gradients_of_the_whole_batch(tmp_path, task, sch
     rng = np.random.default_rng(0)  # digits: ids 1..150 are one- and two-token targets
     ds = Dataset.from_histories([rng.choice(np.arange(1, 151), 8, replace=False).tolist() for _ in range(40)],
                                 n_items=150)
-    cfg = _cfg(dropout=0.0, id_tokens=scheme, seq_targets=3)  # item: 1 to 3 one-token targets
+    cfg = _cfg(dropout=0.0, id_tokens=scheme, seq_targets=3 if scheme == "item" else 1)  # item: 1 to 3 targets
     run = _Training(cfg, ds, tmp_path, rank=0, world_size=1)
     samples, templates = next((s, t) for s, t in run.epoch_batches(0) if s[0].task == task)
     batch = make_batch(samples, templates, run.tokenizer, ds.n_users, cfg, run.device)
