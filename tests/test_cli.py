@@ -160,3 +160,18 @@ def test_threads_must_be_a_positive_integer(capsys):
         assert "expected a positive integer" in capsys.readouterr().err
     args = build_parser().parse_args(["recommend", "--checkpoint", "c", "--user", "1", "--threads", "1"])
     assert args.threads == 1
+
+
+def test_id_scheme_flags_parse_into_the_config(capsys):
+    from elmrec.cli import build_parser
+    from elmrec.config import config_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--data", "d", "--out", "o", "--id-tokens", "digits"])
+    assert config_from_args(args).model.id_tokens == "digits"
+    args = parser.parse_args(["train", "--data", "d", "--out", "o", "--seq-targets", "4"])
+    cfg = config_from_args(args)
+    assert (cfg.model.id_tokens, cfg.train.seq_targets) == ("item", 4)  # the built-in backbones' default
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--data", "d", "--out", "o", "--id-tokens", "words"])
+    assert "invalid choice: 'words'" in capsys.readouterr().err

@@ -277,6 +277,7 @@ def _flag_type(tp) -> tuple[typing.Callable, dict]:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
         tp, origin = args[0], typing.get_origin(args[0])
+        args = list(typing.get_args(tp))  # e.g. the choices of an optional Literal
     if tp is bool:
         return None, {"action": argparse.BooleanOptionalAction}
     if origin is typing.Literal:
@@ -290,6 +291,7 @@ def _flag_type(tp) -> tuple[typing.Callable, dict]:
 
 # fields whose unset value means "depends on the device"
 _HELP = {"length_groups": "default: 4 on a CPU, 1 on a CUDA GPU",
+         "id_tokens": "default: item for the built-in sizes, digits with --backbone",
          "loader_workers": "default: 0 on a CPU, 2 on a CUDA GPU"}
 
 
