@@ -285,7 +285,7 @@ def test_micro_batches_give_the_gradients_of_the_whole_batch(tmp_path, task, sch
     ds = Dataset.from_histories([rng.choice(np.arange(1, 151), 8, replace=False).tolist() for _ in range(40)],
                                 n_items=150)
     cfg = _cfg(dropout=0.0, id_tokens=scheme, seq_targets=3 if scheme == "item" else 1)  # item: 1 to 3 targets
-    run = _Training(cfg, ds, tmp_path, rank=0, world_size=1)
+    run = _Training(cfg, ds, tmp_path)
     samples, templates = next((s, t) for s, t in run.epoch_batches(0) if s[0].task == task)
     batch = make_batch(samples, templates, run.tokenizer, ds.n_users, cfg, run.device)
     # targets of different lengths make an unweighted mean of chunk means differ from the batch mean
@@ -317,7 +317,7 @@ def test_length_groups_cover_the_batch_and_cut_padding(tmp_path, synthetic_datas
 
     from elmrec.training import _Training, chunks, make_batch
 
-    run = _Training(_cfg(), synthetic_dataset, tmp_path, rank=0, world_size=1)
+    run = _Training(_cfg(), synthetic_dataset, tmp_path)
     samples, templates = next((s, t) for s, t in run.epoch_batches(0) if s[0].task == T.SEQUENTIAL)
     batch = make_batch(samples, templates, run.tokenizer, synthetic_dataset.n_users, run.cfg, run.device)
     parts = list(chunks(batch, length_groups=4))
@@ -377,7 +377,7 @@ def test_task_repeats_give_a_task_more_batches_per_turn(tmp_path, synthetic_data
 
     cfg = _cfg(task_repeats="sequential=3", tasks=[T.SEQUENTIAL, T.DIRECT])
     assert cfg.train.task_repeats == {T.SEQUENTIAL: 3}
-    run = _Training(cfg, synthetic_dataset, tmp_path, rank=0, world_size=1)
+    run = _Training(cfg, synthetic_dataset, tmp_path)
     order = [s[0].task for s, _ in run.epoch_batches(0)]
     assert order == [T.SEQUENTIAL] * 3 + [T.DIRECT] + [T.SEQUENTIAL] * 3 + [T.DIRECT]  # steps_per_epoch 2
     # the repeated batches are fresh samples, not one batch three times
@@ -395,7 +395,7 @@ def test_direct_curriculum_grows_the_training_list_but_not_the_validation_list(t
     cfg = _cfg(n_negatives=9, n_negatives_start=1, curriculum_epochs=4, tasks=[T.DIRECT])
     assert [direct_negatives(cfg.train, e) for e in range(7)] == [1, 3, 5, 7, 9, 9, 9]
     assert direct_negatives(_cfg(n_negatives=9).train, 0) == 9  # off by default
-    run = _Training(cfg, synthetic_dataset, tmp_path, rank=0, world_size=1)
+    run = _Training(cfg, synthetic_dataset, tmp_path)
     for epoch, n in ((0, 2), (2, 6), (4, 10), (9, 10)):
         lists = {len(x.items) for s, _ in run.epoch_batches(epoch) for x in s}
         assert lists == {n}, (epoch, lists)
@@ -405,7 +405,7 @@ def test_direct_curriculum_grows_the_training_list_but_not_the_validation_list(t
                                 n_items=60)
     assert ds.negatives is None
     for c in (cfg, _cfg(n_negatives=9, tasks=[T.DIRECT])):
-        v = _Training(c, ds, tmp_path / "v", rank=0, world_size=1)
+        v = _Training(c, ds, tmp_path / "v")
         words = [v.tokenizer.decode(ids) for b in v.valid_batches for ids in b.inputs["input_ids"]]
         assert {w.count("item_") for w in words} == {10}, words[0]
     for bad, words in ((dict(n_negatives_start=0), "between 1 and"), (dict(n_negatives_start=10), "between 1 and"),

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from . import __version__
+from . import __version__, distributed
 from .baselines import BASELINES
 from .config import add_config_arguments, config_from_args
 from .data import (
@@ -137,6 +138,11 @@ def _load_recommender(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    ctx = distributed.from_env()
+    if ctx.active and (args.task == "explanation" or args.user_dependence):
+        raise ValueError("under torchrun, evaluate shards the ranking tasks only; run explanation and "
+                         "--user-dependence as one process")
+    args.device = distributed.device_for(ctx, args.device) if not args.model else args.device
     dataset = load_p5(args.data)
     name, scorer = build_scorer(args, dataset)
     users = sample_users(dataset, args.users, seed=args.seed) if args.users else None
@@ -157,7 +163,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             users=users,
             progress=not args.no_progress,
+            ctx=ctx,
         )
+    if not ctx.main:  # rank 0 reports for the job
+        return 0
     dependence = None
     if args.user_dependence:
         if args.task == "explanation":
@@ -198,8 +207,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     dataset = load_p5(args.data)
     cfg = config_from_args(args)
-    result = train(cfg, dataset, args.out, resume=args.resume, progress=not args.no_progress)
-    print(json.dumps(result, indent=2))
+    ctx = distributed.from_env()
+    result = train(cfg, dataset, args.out, resume=args.resume, progress=not args.no_progress, ctx=ctx)
+    if ctx.main:
+        print(json.dumps(result, indent=2))
     return 0
 
 
@@ -221,6 +232,21 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     rec = _load_recommender(args)
     print(rec.explain(args.user, args.item))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve import serve
+    except ImportError as e:
+        raise ValueError(f"elmrec serve needs the serve extra ({e.name} is missing): "
+                         "pip install 'elmrec[serve]'") from None
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, max_batch=args.max_batch,
+          max_wait_ms=args.max_wait_ms, max_top_n=args.max_top_n, log_level=args.log_level)
     return 0
 
 
@@ -361,6 +387,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_explain)
 
+    p = commands.add_parser("serve", help="an HTTP recommendation service (FastAPI + uvicorn)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. RUN/best)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=positive_int, help="CPU threads of the model (default: torch's)")
+    p.add_argument("--max-batch", type=positive_int, default=64, help="most requests in one model call")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long the first queued request waits for others to join its batch")
+    p.add_argument("--max-top-n", type=positive_int, default=100, help="largest top_n a request may ask for")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(func=cmd_serve)
+
     p = commands.add_parser("demo", help="the whole product on built-in synthetic data, in minutes")
     p.add_argument("--out", default="demo", help="output directory (data, run, plot)")
     p.add_argument("--minutes", type=float, default=2.5, help="cap on training time (12 epochs take ~2 min on 2 cores)")
@@ -382,11 +421,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.traceback:
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {message}", file=sys.stderr)
+        rank = f" (rank {os.environ.get('RANK')})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"error{rank}: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

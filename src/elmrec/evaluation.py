@@ -18,8 +18,10 @@ from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
 from .data import DataError, Dataset
+from .distributed import Context
 
 DEFAULT_KS = (1, 5, 10)
+SUMMED_STATS = ("generated", "invalid", "dropped_by_rerank", "users")  # scorer counts, added over ranks
 TASKS = ("sequential", "direct")
 
 
@@ -161,7 +163,9 @@ def _run(
     batch_size: int,
     users: np.ndarray | None,
     progress: bool,
+    ctx: Context | None = None,
 ) -> EvalResult:
+    ctx = ctx or Context()
     if split not in ("valid", "test"):
         raise ValueError(f"unknown split {split!r}; expected valid or test")
     if task == "direct" and dataset.negatives is None:
@@ -171,11 +175,12 @@ def _run(
             "no negatives: direct evaluation needs negative.txt "
             "(create one with 'elmrec data prepare ... --negatives 99')",
         )
-    users = _check_users(dataset, users)
+    all_users = _check_users(dataset, users)
+    users = all_users[ctx.rank :: ctx.world]  # under torchrun each rank ranks its share
     targets = dataset.targets(split)
     ranks = np.empty(len(users), dtype=np.int64)
     repeats = 0  # users whose target is already in their visible history
-    bar = tqdm(total=len(users), desc=f"{task}/{split}", unit="user", disable=not progress)
+    bar = tqdm(total=len(all_users), desc=f"{task}/{split}", unit="user", disable=not progress or not ctx.main)
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
         hist = [dataset.split_history(int(u), split) for u in batch]
@@ -198,8 +203,20 @@ def _run(
             scores = np.asarray(scorer.score_candidates(batch, hist, candidates), dtype=np.float64)
             _check_shape(scores, candidates.shape, "score_candidates")
             ranks[start : start + len(batch)] = rank_of_target(scores, np.zeros(len(batch), dtype=np.int64))
-        bar.update(len(batch))
+        bar.update(len(batch) * ctx.world)
     bar.close()
+    stats = getattr(scorer, "stats", None)
+    stats = stats() if callable(stats) else {}
+    if ctx.active:  # every rank's ranks back in user order, the counts summed
+        shares = ctx.gather((ranks, repeats, stats))
+        ranks = np.empty(len(all_users), dtype=np.int64)
+        for r, (part, _, _) in enumerate(shares):
+            ranks[r :: ctx.world] = part
+        repeats = sum(p[1] for p in shares)
+        stats = {k: sum(p[2][k] for p in shares) if k in SUMMED_STATS else v for k, v in stats.items()}
+        if stats.get("generated"):
+            stats["invalid_share"] = stats["invalid"] / stats["generated"]
+    users = all_users
 
     protocol = {
         "task": task,
@@ -213,10 +230,7 @@ def _run(
         "dataset": dataset.name,
         "fingerprint": dataset.fingerprint(),
     }
-    extra: dict = {"target_in_history_users": repeats}
-    stats = getattr(scorer, "stats", None)
-    if callable(stats):
-        extra.update(stats())
+    extra: dict = {"target_in_history_users": repeats, **stats}
     return EvalResult(ranking_metrics(ranks, ks), protocol, extra, users=users, ranks=ranks)
 
 
@@ -229,6 +243,7 @@ def evaluate_sequential(
     batch_size: int = 256,
     users: np.ndarray | None = None,
     progress: bool = True,
+    ctx: Context | None = None,
 ) -> EvalResult:
     """Rank all items for each user's ``split`` target.
 
@@ -236,7 +251,7 @@ def evaluate_sequential(
     recommend what was bought); a target that repeats a history item is left rankable, and such
     users are counted in ``extra['target_in_history_users']``. ``users`` restricts to a subset.
     """
-    return _run("sequential", scorer, dataset, split, ks, exclude_history, batch_size, users, progress)
+    return _run("sequential", scorer, dataset, split, ks, exclude_history, batch_size, users, progress, ctx)
 
 
 def evaluate_direct(
@@ -247,12 +262,13 @@ def evaluate_direct(
     batch_size: int = 256,
     users: np.ndarray | None = None,
     progress: bool = True,
+    ctx: Context | None = None,
 ) -> EvalResult:
     """Rank the target among ``dataset.negatives[u]`` (target in column 0 of the candidates).
 
     The same negatives serve validation and test: they exclude every item the user touched.
     """
-    return _run("direct", scorer, dataset, split, ks, False, batch_size, users, progress)
+    return _run("direct", scorer, dataset, split, ks, False, batch_size, users, progress, ctx)
 
 
 def _row_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -315,7 +331,8 @@ def user_dependence(
 
 
 def evaluate(scorer: Scorer, dataset: Dataset, task: str, split: str = "test", **kwargs) -> EvalResult:
-    """:func:`evaluate_sequential` or :func:`evaluate_direct` by name."""
+    """:func:`evaluate_sequential` or :func:`evaluate_direct` by name; ``ctx`` (torchrun) shards the
+    users over ranks and gathers their ranks: the same metrics as one process."""
     if task == "sequential":
         return evaluate_sequential(scorer, dataset, split, **kwargs)
     if task == "direct":

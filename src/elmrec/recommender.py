@@ -59,7 +59,7 @@ class Recommender:
         """Usually built by ``from_pretrained``; direct construction serves in-memory models
         (validation metrics during training)."""
         self.model, self.tokenizer, self.directory = model, tokenizer, directory
-        self.eval = run.eval
+        self.run, self.eval = run, run.eval
         self.max_history = run.train.max_history
         self.max_explanation_tokens = run.train.max_explanation_tokens
         self.device = next(model.parameters()).device
@@ -341,14 +341,20 @@ class Recommender:
         else:
             uid = self.resolve_user(user)
             hist = self.user_history(uid)
+        return self.recommend_batch([uid], [hist], top_n)[0]
+
+    def recommend_batch(self, users: list[int], histories: list[np.ndarray], top_n: int | None = None
+                        ) -> list[list[Recommendation]]:
+        """``recommend`` for internal ids (0 = a new user), one model call per ``eval_batch_size``."""
         old = self.eval
         if top_n is not None:
             self.eval = replace(old, top_n=top_n, beams=max(old.beams, top_n + old.extra_candidates))
         try:
-            items, scores, _ = self.generate_sequential(np.array([uid]), [hist])
+            items, scores, _ = self.generate_sequential(np.asarray(users, dtype=np.int64), histories)
         finally:
             self.eval = old
-        return [Recommendation(int(i), self.item_name(i), float(s)) for i, s in zip(items[0], scores[0]) if i > 0]
+        return [[Recommendation(int(i), self.item_name(i), float(s)) for i, s in zip(its, scs) if i > 0]
+                for its, scs in zip(items, scores)]
 
     def explain(self, user: str | int, item: str | int) -> str:
         """A generated review-like sentence for (user, item); needs a model trained on explanations."""

@@ -3,8 +3,9 @@ early stopping on the mean validation loss, atomic checkpoints and exact resume.
 
 Every epoch draws its samples from a generator seeded by (seed, epoch) and reseeds torch (dropout)
 the same way, so a run resumed from the last completed epoch continues exactly as an
-uninterrupted one. Nothing here is global: rank/world_size shard the users so the same loop can
-run under torchrun later; only rank 0 logs and saves.
+uninterrupted one. Under torchrun (``distributed.Context``) every rank draws the same global
+batches and trains on its share of each; gradients are summed over ranks so that N ranks follow the
+single-process run; only rank 0 logs, shows progress and saves.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from . import tasks as T
 from .config import Config, TrainConfig, config_from_dict
 from .data import Dataset
+from .distributed import Context, device_for
 from .io import atomic_write_text
 from .model import ELMRec, build_model
 from .prompts import EVAL_TEMPLATE, TEMPLATES, item_text, render, target_text
@@ -194,17 +196,18 @@ def default_length_groups(device: torch.device) -> int:
 
 def forward_backward(
     model: ELMRec, batch: Batch, micro_batch_size: int | None = None, autocast=contextlib.nullcontext,
-    length_groups: int | None = None,
+    length_groups: int | None = None, n_tokens: int | None = None,
 ) -> torch.Tensor:
     """Gradients of the batch's mean token loss, in chunks (see ``chunks``); returns the loss. Each
     chunk's mean is weighted by its share of the batch's label tokens, so the gradients are those of
     the whole batch while activations are held for one chunk at a time. The graph embeddings are
-    propagated once per batch, not once per chunk. ``length_groups`` None: the device's default."""
+    propagated once per batch, not once per chunk. ``length_groups`` None: the device's default.
+    ``n_tokens``: the label tokens of the whole global batch when ``batch`` is one rank's share."""
     if micro_batch_size is not None and micro_batch_size < 1:
         raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
     if length_groups is None:
         length_groups = default_length_groups(batch.labels.device)
-    n_tokens = (batch.labels != -100).sum()
+    n_tokens = n_tokens or (batch.labels != -100).sum()
     if not n_tokens:
         raise ValueError(f"a {batch.task} batch without target tokens")
     parts = list(chunks(batch, micro_batch_size, length_groups))
@@ -256,9 +259,10 @@ def direct_negatives(cfg: TrainConfig, epoch: int) -> int:
 class _Training:
     """State of one run; methods are the steps of the loop in ``train``."""
 
-    def __init__(self, cfg: Config, dataset: Dataset, out_dir: Path, rank: int, world_size: int,
+    def __init__(self, cfg: Config, dataset: Dataset, out_dir: Path, ctx: Context | None = None,
                  tokenizer_dir: Path | None = None):
-        self.device = resolve_device(cfg.train.device)
+        ctx = ctx or Context()
+        self.device = resolve_device(device_for(ctx, cfg.train.device))
         # settings whose unset value depends on the device are resolved here, so the run's
         # config.json and checkpoints say what ran (a resume on another device resolves anew)
         groups, workers = cfg.train.length_groups, cfg.train.loader_workers
@@ -266,7 +270,7 @@ class _Training:
             cfg.train, length_groups=groups or default_length_groups(self.device),
             loader_workers=default_loader_workers(self.device) if workers is None else workers))
         self.cfg, self.data, self.out = cfg, dataset, out_dir
-        self.rank, self.world = rank, world_size
+        self.ctx = ctx
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.tasks = active_tasks(cfg, dataset)
@@ -287,6 +291,7 @@ class _Training:
             cfg.model, dataset.n_users, dataset.n_items, users, items, len(self.tokenizer), cfg.train.seed,
             item_token_start(self.tokenizer, dataset.n_items),
         ).to(self.device)
+        ctx.broadcast_model(self.model)  # the same seed built the same weights; this makes sure
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
@@ -326,12 +331,11 @@ class _Training:
         """This epoch's batches, one task each, rotating over the tasks."""
         cfg, data = self.cfg, self.data
         rng = np.random.default_rng([cfg.train.seed, epoch])
-        users = rng.permutation(data.users)[self.rank :: self.world]
+        users = rng.permutation(data.users)  # every rank draws the same global batches
 
-        def fresh(task: str) -> list[T.Sample]:  # reviews are not per user: each rank takes its share
-            s = T.train_samples(task, data, users, rng, cfg.train.max_history, direct_negatives(cfg.train, epoch),
-                                cfg.train.seq_targets)
-            return s[self.rank :: self.world] if task == T.EXPLANATION else s
+        def fresh(task: str) -> list[T.Sample]:
+            return T.train_samples(task, data, users, rng, cfg.train.max_history,
+                                   direct_negatives(cfg.train, epoch), cfg.train.seq_targets)
 
         bs = cfg.train.batch_size
         # every task gets the same number of batches: one sample per user (or steps_per_epoch),
@@ -360,24 +364,29 @@ class _Training:
         torch.manual_seed(cfg.train.seed * 1000 + self.epoch)
         self.model.train()
         stats = {t: {"loss": 0.0, "batches": 0, "samples": 0, "seconds": 0.0} for t in self.tasks}
-        batches = list(self.epoch_batches(self.epoch))
+        ctx = self.ctx
+        # this rank's share of every global batch (rows rank, rank + world, ...); a batch with fewer
+        # rows than ranks (at most the last of a task's epoch) is skipped by all ranks
+        batches = [(s[ctx.rank :: ctx.world], t[ctx.rank :: ctx.world]) for s, t in self.epoch_batches(self.epoch)
+                   if len(s) >= ctx.world]
         ready = prepared_batches(batches, self.tokenizer, self.data.n_users, cfg, self.device,
                                  cfg.train.loader_workers)
-        bar = tqdm(ready, total=len(batches), desc=f"epoch {self.epoch + 1}", disable=not progress or self.rank != 0,
+        bar = tqdm(ready, total=len(batches), desc=f"epoch {self.epoch + 1}", disable=not progress or not ctx.main,
                    unit="batch", dynamic_ncols=True)
         out_of_time = False
         t0 = time.perf_counter()  # a step's time includes waiting for its batch
         try:
             for batch in bar:
-                loss = self.step(batch)
+                loss, size = self.step(batch)
                 s = stats[batch.task]
                 s["loss"] += loss
                 s["batches"] += 1
-                s["samples"] += batch.size
+                s["samples"] += size
                 s["seconds"] += time.perf_counter() - t0
                 bar.set_postfix({t[:3]: f"{v['loss'] / max(v['batches'], 1):.3f}" for t, v in stats.items()})
                 t0 = time.perf_counter()
-                if deadline is not None and time.time() > deadline:
+                # rank 0's clock decides for every rank
+                if deadline is not None and ctx.broadcast_flag(time.time() > deadline, self.device):
                     out_of_time = True
                     break
         finally:  # a budget stop or an error ends the loader's workers now, not when collected
@@ -393,13 +402,15 @@ class _Training:
             summary[T.DIRECT]["negatives"] = direct_negatives(cfg.train, self.epoch)
         return summary, out_of_time
 
-    def step(self, batch: Batch) -> float:
-        """One optimiser step on one batch; returns its loss. Failures name the way out."""
-        cfg = self.cfg
+    def step(self, batch: Batch) -> tuple[float, int]:
+        """One optimiser step on one (global) batch, of which ``batch`` is this rank's share;
+        returns the batch's loss and size. Failures name the way out."""
+        cfg, ctx = self.cfg, self.ctx
         self.optimizer.zero_grad(set_to_none=True)
+        n_tokens, size = ctx.all_reduce_sum([float((batch.labels != -100).sum()), float(batch.size)], self.device)
         try:
             loss = forward_backward(self.model, batch, cfg.train.micro_batch_size, self.autocast,
-                                    cfg.train.length_groups)
+                                    cfg.train.length_groups, n_tokens=int(n_tokens))
         except FloatingPointError as e:
             raise FloatingPointError(
                 f"{e} in epoch {self.epoch + 1}; lower --lr or the whole-word scales (--alpha), or enable "
@@ -411,28 +422,34 @@ class _Training:
                 f"--micro-batch-size (e.g. 16: the same gradients, a quarter of the activations) or a smaller "
                 f"--batch-size (the last good state is in {self.out / LAST})"
             ) from None
+        ctx.all_reduce_grads(self.model)
         if cfg.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return loss.item()
+        (loss,) = ctx.all_reduce_sum([loss.item()], self.device)
+        return loss, int(size)
 
     @torch.no_grad()
     def validation_loss(self) -> dict[str, float]:
+        """Mean loss per task; ranks take turns over the batches and sum, so every rank gets the
+        same numbers (and so takes the same early-stopping decision)."""
         self.model.eval()
         totals: dict[str, list[float]] = {t: [0.0, 0] for t in self.tasks}
-        for b in self.valid_batches:
+        for b in self.valid_batches[self.ctx.rank :: self.ctx.world]:
             with self.autocast():
                 loss = self.model(b.task, **b.inputs, labels=b.labels)
             totals[b.task][0] += loss.item() * b.size
             totals[b.task][1] += b.size
+        sums = self.ctx.all_reduce_sum([v for t in self.tasks for v in totals[t]], self.device)
+        totals = {t: sums[2 * k : 2 * k + 2] for k, t in enumerate(self.tasks)}
         losses = {t: s / n for t, (s, n) in totals.items() if n}
         losses["mean"] = float(np.mean(list(losses.values()))) if losses else math.inf
         return losses
 
     # --- persistence --------------------------------------------------------------------------
     def save(self, name: str, with_state: bool) -> None:
-        if self.rank != 0:
+        if not self.ctx.main:
             return
         files = checkpoint_files(self.data, self.cfg)
         if with_state:
@@ -460,21 +477,25 @@ class _Training:
         self.bad_epochs, self.elapsed = state["bad_epochs"], state["elapsed"]
 
     def log(self, record: dict) -> None:
-        if self.rank == 0:
+        if self.ctx.main:
             with open(self.out / LOG_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
 
 def train(
     cfg: Config, dataset: Dataset, out_dir: str | Path, resume: bool = False, progress: bool = True,
-    rank: int = 0, world_size: int = 1, echo=print, validate=None,
+    ctx: Context | None = None, echo=print, validate=None,
 ) -> dict:
     """Train ELMRec on ``dataset`` into ``out_dir`` (``best/`` and ``last/`` checkpoints, ``log.jsonl``,
     ``config.json``). With ``resume``, continue from ``out_dir/last`` with the run's saved config.
 
     ``validate(model, tokenizer) -> dict``, if given, is called after every epoch and its result
-    (e.g. validation HR/NDCG) is logged; checkpoint selection stays on the validation loss."""
+    (e.g. validation HR/NDCG) is logged; checkpoint selection stays on the validation loss.
+    ``ctx``: this process's rank under torchrun (``distributed.from_env()``); None: one process."""
     tune_cpu()
+    ctx = ctx or Context()
+    if not ctx.main:
+        echo = lambda *a, **k: None  # noqa: E731 - rank 0 speaks for the job
     out = Path(out_dir)
     if resume:
         last = out / LAST
@@ -495,7 +516,7 @@ def train(
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.train.seed)
-    run = _Training(cfg, dataset, out, rank, world_size, tokenizer_dir=out / LAST if resume else None)
+    run = _Training(cfg, dataset, out, ctx, tokenizer_dir=out / LAST if resume else None)
     if resume:
         run.restore(out / LAST)
         if (out / LOG_FILE).exists():  # drop log lines of an epoch that did not complete
@@ -504,12 +525,12 @@ def train(
             atomic_write_text(out / LOG_FILE, "".join(k + "\n" for k in kept))
         echo(f"resuming after epoch {run.epoch} (best validation loss {run.best:.4f})")
     else:
-        if rank == 0:
+        if ctx.main:
             run.cfg.save(out / "config.json")
             (out / LOG_FILE).unlink(missing_ok=True)
         prior = item_prior_loss(run.valid_batches, run.tokenizer, dataset.item_counts(), run.cfg.model.id_tokens)
         run.log({"epoch": 0, "valid_loss": run.validation_loss(), "item_prior_loss": prior, "elapsed_s": 0.0})
-        if prior and rank == 0:
+        if prior:
             echo("validation loss of an item prior (training frequencies, prompt ignored): "
                  + ", ".join(f"{t} {v:.4f}" for t, v in prior.items())
                  + "; a model has to go below it to show that it reads its prompt")
@@ -533,16 +554,15 @@ def train(
         run.elapsed = time.time() - start
         record = {"epoch": run.epoch, "train": train_stats, "valid_loss": valid, "best": run.best,
                   "elapsed_s": round(run.elapsed, 2), "lr": run.scheduler.get_last_lr()[0]}
-        if validate is not None:
+        if validate is not None and ctx.main:
             record["valid_metrics"] = validate(run.model, run.tokenizer)
         if improved:
             run.save(BEST, with_state=False)
         run.save(LAST, with_state=True)
         run.log(record)  # after the checkpoint: a logged epoch is always a resumable one
-        if rank == 0:
-            echo(f"epoch {run.epoch}: " + ", ".join(f"{t} {v['loss']:.4f}" for t, v in train_stats.items())
-                 + " | valid " + ", ".join(f"{t} {v:.4f}" for t, v in valid.items())
-                 + (" *" if improved else ""))
+        ctx.barrier()  # no rank runs ahead of the checkpoint (a failure there stops the job here)
+        echo(f"epoch {run.epoch}: " + ", ".join(f"{t} {v['loss']:.4f}" for t, v in train_stats.items())
+             + " | valid " + ", ".join(f"{t} {v:.4f}" for t, v in valid.items()) + (" *" if improved else ""))
         if run.bad_epochs >= cfg.train.patience:
             stop = "early_stopping"
             break
