@@ -23,6 +23,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from elmrec.io import atomic_write_text
+
 
 def elmrec(args: list[str], ranks: int, threads: int) -> float:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
@@ -83,11 +85,7 @@ def main() -> None:
     print(json.dumps({k: report["train"][k] for k in ("max_relative_weight_difference",
                                                       "max_relative_loss_difference")}))
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        tmp.replace(out)
+        atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

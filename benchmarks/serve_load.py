@@ -20,10 +20,11 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import httpx
 import numpy as np
+
+from elmrec.io import atomic_write_text
 
 
 def free_port() -> int:
@@ -182,11 +183,7 @@ def main() -> None:
                     reload_under_load(server.url, args.checkpoint, users, 300, 3))
                 print("reload under load:", json.dumps(report["reload_under_load"]))
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        tmp.replace(out)
+        atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
