@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from elmrec.cli import main
+
 TRAIN = ["--size", "tiny", "--batch-size", "16", "--dropout", "0", "--epochs", "2", "--steps-per-epoch", "3",
          "--valid-users", "30", "--tasks", "sequential,direct,explanation", "--threads", "1", "--no-progress"]
 
@@ -73,9 +75,13 @@ def test_sharded_evaluation_gives_the_same_metrics(runs, synthetic_dir, tmp_path
         results = {}
         for ranks in (1, 2):
             out = tmp_path / f"{task}-{ranks}.json"
-            p = elmrec("evaluate", "--checkpoint", str(runs["one"] / "best"), "--data", str(synthetic_dir),
-                       "--task", task, "--output", str(out), "--no-progress", ranks=ranks)
-            assert p.returncode == 0, p.stderr[-3000:]
+            args = ["evaluate", "--checkpoint", str(runs["one"] / "best"), "--data", str(synthetic_dir),
+                    "--task", task, "--output", str(out), "--no-progress"]
+            if ranks == 1:  # in this process: one start-up less
+                assert main(args) == 0
+            else:
+                p = elmrec(*args, ranks=ranks)
+                assert p.returncode == 0, p.stderr[-3000:]
             results[ranks] = json.loads(out.read_text())
         assert results[1]["metrics"] == results[2]["metrics"]
         assert results[1]["protocol"]["n_users"] == results[2]["protocol"]["n_users"] == 100

@@ -142,7 +142,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if ctx.active and (args.task == "explanation" or args.user_dependence):
         raise ValueError("under torchrun, evaluate shards the ranking tasks only; run explanation and "
                          "--user-dependence as one process")
-    args.device = distributed.device_for(ctx, args.device) if not args.model else args.device
+    args.device = distributed.device_for(ctx, args.device)
     dataset = load_p5(args.data)
     name, scorer = build_scorer(args, dataset)
     users = sample_users(dataset, args.users, seed=args.seed) if args.users else None

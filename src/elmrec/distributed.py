@@ -103,9 +103,10 @@ def from_env() -> Context:
         return Context()
     ctx = Context(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
+        backend = "gloo"
+        if torch.cuda.is_available():  # NCCL for CUDA tensors, gloo for a --device cpu run on a GPU machine
             torch.cuda.set_device(ctx.local_rank)
+            backend = "cpu:gloo,cuda:nccl"
         dist.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_S))
     return ctx
 
