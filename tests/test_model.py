@@ -363,3 +363,46 @@ def test_item_head_is_the_vocabulary_head_at_eos_and_the_item_tokens(item_tokeni
     columns = [item_tokenizer.eos_token_id] + item_tokenizer.convert_tokens_to_ids([f"item_{k}" for k in range(1, 13)])
     torch.testing.assert_close(model.item_logits(states), model.vocabulary_logits(states)[:, columns])
     assert "item_rows" not in model.state_dict()  # derived from the tokenizer, not a weight
+
+
+@pytest.mark.parametrize("template", [EVAL_TEMPLATE, 2])
+def test_causal_history_trains_every_prefix_exactly_as_inference_reads_it(item_tokenizer, template):
+    """One training prompt of a causal_history model: its loss is the mean over prefixes k of
+    -log P(item k + 1 | items 1..k) as inference computes it from a prompt of that prefix alone
+    (the whole history for the last label, a prefix-only prompt for the others), with and without
+    the encoder's own padding; the encoder of the full prompt never lets an item see a later one."""
+    from elmrec.generation import item_log_probs
+    from elmrec.prompts import target_text
+    from elmrec.tokenization import encode_targets
+
+    model = _tiny_model(item_tokenizer, causal_history=True, dropout=0.0)
+    model.eval()
+    samples = [Sample(SEQUENTIAL, 2, (3, 7, 11, 5), 9, prefixes=True), Sample(SEQUENTIAL, 4, (12, 1), 6, prefixes=True)]
+    assert target_text(samples[0], "item") == "item_7 item_11 item_5 item_9"
+    batch = encode_prompts(item_tokenizer, [render(s, template, 5, True) for s in samples])
+    labels = encode_targets(item_tokenizer, [target_text(s, "item") for s in samples])
+    labels = labels.masked_fill(labels == item_tokenizer.eos_token_id, -100)
+    with torch.no_grad():
+        loss = model(SEQUENTIAL, **batch, labels=labels)
+        expected = []
+        for s in samples:
+            full = (*s.items, s.target)
+            for k in range(1, len(full)):
+                # a prefix's inference prompt: the eval-time rendering for the whole history; for a
+                # shorter one the same template cut after item k (what the causal mask leaves visible)
+                one = encode_prompts(item_tokenizer, [render(Sample(SEQUENTIAL, s.user, full[:k], full[k]), template, 5,
+                                                            True)])
+                hidden, mask = model.encode(SEQUENTIAL, **one)
+                if k < len(s.items):  # words after the history are visible only to the last prefix
+                    ranks = model.history_ranks(one["input_ids"], mask.shape[1])
+                    mask = mask.masked_fill(ranks == 1 << 30, 0)
+                expected.append(-item_log_probs(model, hidden, mask)[0, full[k] - 1])
+    torch.testing.assert_close(loss, torch.stack(expected).mean(), rtol=1e-5, atol=1e-5)
+    # validation labels (the target alone) read the whole history
+    with torch.no_grad():
+        single = encode_targets(item_tokenizer, [f"item_{s.target}" for s in samples])
+        single = single.masked_fill(single == item_tokenizer.eos_token_id, -100)
+        last = model(SEQUENTIAL, **batch, labels=single)
+        hidden, mask = model.encode(SEQUENTIAL, **batch)
+        logp = item_log_probs(model, hidden, mask)
+    torch.testing.assert_close(last, -(logp[0, 8] + logp[1, 5]) / 2, rtol=1e-5, atol=1e-5)

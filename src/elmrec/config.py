@@ -42,6 +42,14 @@ class ModelConfig:
     use_graph: bool = True  # False: plain learned whole-word ids (no propagation)
     use_incremental: bool = True  # False: sequential prompts use the id-based whole-word embeddings
     use_soft_prompts: bool = True
+    # departure (item scheme): in sequential prompts a history item sees only the items before it
+    # (and the words and user before the history), so one training prompt trains the next item of
+    # every prefix of its history at once, as SASRec does; the decoder's first step at prefix k
+    # reads the encoder up to item k. Inference reads the whole history, as without it
+    causal_history: bool = False
+    # the direct task's training softmax (item scheme): over every item, as generation's (the
+    # paper's), or over the prompt's candidates only, the ranking that evaluation reads (a departure)
+    direct_loss: typing.Literal["items", "candidates"] = "items"
     dropout: float = 0.1  # T5 hidden-state dropout
     # Dropout on attention probabilities (T5 ties it to `dropout`). 0 lets PyTorch use its fused
     # attention kernel in training: 2x less memory and faster direct batches on CPU (BENCHMARKS.md).
@@ -172,6 +180,11 @@ def _validate(data: dict) -> Config:
     if cfg.train.seq_targets > 1 and cfg.model.id_tokens != "item":  # digit pieces would need </s> per item
         problems.append("train.seq_targets > 1 needs model.id_tokens 'item': in the digits scheme the items of a "
                         "continuation run together and the model would learn that </s> rarely follows an item")
+    if cfg.model.causal_history and (cfg.model.id_tokens != "item" or cfg.train.seq_targets > 1):
+        problems.append("model.causal_history needs model.id_tokens 'item' (one decoder step per prefix) and "
+                        "train.seq_targets 1 (it trains every prefix's next item already)")
+    if cfg.model.direct_loss == "candidates" and cfg.model.id_tokens != "item":
+        problems.append("model.direct_loss 'candidates' needs model.id_tokens 'item' (one output row per item)")
     if cfg.eval.direct_decode == "beam" and cfg.model.id_tokens == "item":
         problems.append("eval.direct_decode 'beam' needs model.id_tokens 'digits': with one token per item the "
                         "exact scores of all candidates are one softmax row ('score')")

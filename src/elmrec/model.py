@@ -46,6 +46,13 @@ T5_SIZES = {
     "small": dict(d_model=512, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8, d_kv=64),
 }
 CONFIG_FILE, WEIGHTS_FILE, GRAPH_FILE = "elmrec_config.json", "model.safetensors", "graph.safetensors"
+AFTER = 1 << 30  # history rank of the tokens after a sequential prompt's last item (causal_history)
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, Q, K) "may attend" -> (B, 1, Q, K) additive mask, which T5 passes to attention as is."""
+    zero = torch.zeros((), dtype=dtype, device=allowed.device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)[:, None]
 
 
 @dataclass
@@ -157,7 +164,12 @@ class ELMRec(nn.Module):
             x = torch.cat([prompts, x], dim=1)
             ones = attention_mask.new_ones(x.shape[0], prompts.shape[1])
             attention_mask = torch.cat([ones, attention_mask], dim=1)
-        hidden = self.t5.encoder(inputs_embeds=x, attention_mask=attention_mask).last_hidden_state
+        encoder_mask = attention_mask
+        if self.config.causal_history and task == SEQUENTIAL:
+            ranks = self.history_ranks(input_ids, attention_mask.shape[1])
+            allowed = attention_mask.bool()[:, None, :] & (ranks[:, None, :] <= ranks[:, :, None])
+            encoder_mask = _additive(allowed, x.dtype)
+        hidden = self.t5.encoder(inputs_embeds=x, attention_mask=encoder_mask).last_hidden_state
         return hidden, attention_mask
 
     def decode(
@@ -185,6 +197,41 @@ class ELMRec(nn.Module):
         with torch.autocast(states.device.type, enabled=False):
             return F.linear(self.head_states(states), self.t5.lm_head.weight.float())
 
+    # --- causal history (item scheme, a departure): every prefix of a history trains at once ----
+    def history_ranks(self, input_ids: torch.Tensor, length: int) -> torch.Tensor:
+        """(B, length) where each token of a sequential prompt sits in its history: k for the k-th
+        history item, 0 before the first (soft prompts, words, the user), ``AFTER`` past the last
+        (words, </s>, padding). ``length``: the prompt with its soft prompts (counted as 0)."""
+        start = self.item_token_start
+        is_item = (input_ids >= start) & (input_ids < start + self.n_items)
+        count = is_item.cumsum(1)
+        ranks = torch.where(~is_item & (count == count[:, -1:]) & (count > 0), AFTER, count)
+        return F.pad(ranks, (length - ranks.shape[1], 0))
+
+    def _prefix_loss(
+        self, input_ids: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean cross-entropy of the next item after every prefix of the history. The j-th of a
+        row's t labels follows the prefix of n - t + 1 + j items (n: the row's history), so labels
+        items[1:] + target train every prefix and a lone target trains (and validates) the whole
+        history. Each label is one decoder step, alone (diagonal self-attention), whose
+        cross-attention sees the encoder up to its prefix: what inference computes for that prefix."""
+        ranks = self.history_ranks(input_ids, mask.shape[1])
+        real = labels != -100
+        b, t = labels.shape
+        n = ranks.masked_fill(ranks == AFTER, 0).amax(1, keepdim=True)
+        prefix = n - real.sum(1, keepdim=True) + 1 + torch.arange(t, device=labels.device)
+        seen = (ranks[:, None, :] <= prefix[:, :, None]) | (prefix >= n)[:, :, None]
+        cross = _additive(mask.bool()[:, None, :] & seen, hidden.dtype)
+        alone = _additive(torch.eye(t, dtype=torch.bool, device=labels.device).expand(b, t, t), hidden.dtype)
+        # every step reads the start token; its embedding row enters as a constant (a gradient for
+        # one row would cost a zero-filled gradient of the whole token table)
+        start = self.t5.shared.weight[self.t5.config.decoder_start_token_id].detach()
+        states = self.t5.decoder(inputs_embeds=start.expand(b, t, -1), attention_mask=alone,
+                                 encoder_hidden_states=hidden, encoder_attention_mask=cross,
+                                 use_cache=False).last_hidden_state
+        return F.cross_entropy(self.item_logits(states[real]), labels[real] - self.item_token_start + 1)
+
     # --- item scheme: the output is an item (or </s>) --------------------------------------------
     def item_logits(self, states: torch.Tensor) -> torch.Tensor:
         """(.., 1 + n_items) fp32 logits of </s> and every item: the softmax of an item task runs
@@ -193,7 +240,9 @@ class ELMRec(nn.Module):
         with torch.autocast(states.device.type, enabled=False):
             return F.linear(self.head_states(states), self.t5.lm_head.weight[self.item_rows].float())
 
-    def _item_task_loss(self, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _item_task_loss(
+        self, task: str, input_ids: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         states = self.t5.decoder(
             input_ids=self.t5._shift_right(labels), encoder_hidden_states=hidden, encoder_attention_mask=mask,
             use_cache=False,
@@ -202,7 +251,21 @@ class ELMRec(nn.Module):
         # vocabulary id -> output row: </s> -> 0, item k -> k
         real = labels != -100
         target = torch.where(labels == self.t5.config.eos_token_id, 0, labels - self.item_token_start + 1)
-        return F.cross_entropy(self.item_logits(states[real]), target[real])
+        logits = self.item_logits(states[real])
+        if task == DIRECT and self.config.direct_loss == "candidates":
+            listed = self.listed_items(input_ids)
+            logits = logits.masked_fill(~listed[:, None].expand(-1, labels.shape[1], -1)[real], float("-inf"))
+        return F.cross_entropy(logits, target[real])
+
+    def listed_items(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + n_items) bool: the items a prompt names, in ``item_logits``' columns."""
+        start = self.item_token_start
+        is_item = (input_ids >= start) & (input_ids < start + self.n_items)
+        columns = torch.where(is_item, input_ids - start + 1, 0)
+        listed = torch.zeros(input_ids.shape[0], self.n_items + 1, dtype=torch.bool, device=input_ids.device)
+        listed.scatter_(1, columns, True)
+        listed[:, 0] = False
+        return listed
 
     def forward(
         self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, whole_word: torch.Tensor,
@@ -211,8 +274,10 @@ class ELMRec(nn.Module):
         """Mean token cross-entropy of the targets (labels padded with -100); in the item scheme an
         item task's softmax runs over </s> and the items only (``item_logits``)."""
         hidden, mask = self.encode(task, input_ids, attention_mask, whole_word, graph)
+        if self.config.causal_history and task == SEQUENTIAL:
+            return self._prefix_loss(input_ids, hidden, mask, labels)
         if self.item_token_start is not None and task != EXPLANATION:
-            return self._item_task_loss(hidden, mask, labels)
+            return self._item_task_loss(task, input_ids, hidden, mask, labels)
         return self.t5(encoder_outputs=(hidden,), attention_mask=mask, labels=labels).loss
 
     # --- checkpoints ---------------------------------------------------------------------------

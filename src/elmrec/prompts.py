@@ -92,7 +92,8 @@ def target_text(sample: Sample, id_tokens: str = "digits") -> str:
     """The decoder's target: the item (then its continuation, if any), or the explanation's words."""
     if sample.task == EXPLANATION:
         return str(sample.target)
-    return " ".join(item_text(int(i), id_tokens) for i in (sample.target, *sample.continuation))
+    items = (*sample.items[1:], sample.target) if sample.prefixes else (sample.target, *sample.continuation)
+    return " ".join(item_text(int(i), id_tokens) for i in items)
 
 
 def corpus() -> list[str]:

@@ -25,6 +25,9 @@ class Sample:
     # sequential training only: the items that followed the target, decoded after it (teacher-forced)
     # so one prompt trains several next-item predictions (``TrainConfig.seq_targets``)
     continuation: tuple[int, ...] = ()
+    # sequential training of a causal_history model: the decoder targets are the next item of every
+    # prefix of ``items`` (items[1:], then target), one decoder step each
+    prefixes: bool = False
 
 
 def _train_histories(dataset: Dataset, users: np.ndarray) -> list[np.ndarray]:
@@ -33,14 +36,21 @@ def _train_histories(dataset: Dataset, users: np.ndarray) -> list[np.ndarray]:
 
 def sequential_train_samples(
     dataset: Dataset, users: np.ndarray, rng: np.random.Generator, max_history: int = 20, targets: int = 1,
+    every_prefix: bool = False,
 ) -> list[Sample]:
     """A random contiguous segment (length >= 2) of each user's training history; its last item is
     the target and at most ``max_history`` items before it form the input. ``targets`` > 1 (a
     departure): up to ``targets - 1`` items that followed the target in the training history become
-    its ``continuation``."""
+    its ``continuation``. ``every_prefix`` (causal_history models): the whole history, or a random
+    window of ``max_history + 1`` items of a longer one, whose every prefix is trained."""
     out = []
     for u, h in zip(users, _train_histories(dataset, users)):
         if len(h) < 2:
+            continue
+        if every_prefix:
+            end = len(h) if len(h) <= max_history + 1 else int(rng.integers(max_history + 1, len(h) + 1))
+            window = [int(i) for i in h[end - 1 - min(max_history, end - 1) : end]]
+            out.append(Sample(SEQUENTIAL, int(u), tuple(window[:-1]), window[-1], prefixes=True))
             continue
         end = int(rng.integers(2, len(h) + 1))  # exclusive end, segment holds >= 2 items
         start = int(rng.integers(0, end - 1))
@@ -98,13 +108,13 @@ def explanation_samples(
 
 def train_samples(
     task: str, dataset: Dataset, users: np.ndarray, rng: np.random.Generator, max_history: int = 20,
-    n_negatives: int = 99, seq_targets: int = 1,
+    n_negatives: int = 99, seq_targets: int = 1, every_prefix: bool = False,
 ) -> list[Sample]:
     """One pass of a task's training samples: one per user for sequential (users with fewer than two
     training items give none) and direct, every training review in a random order for explanation
     (``users`` unused)."""
     if task == SEQUENTIAL:
-        return sequential_train_samples(dataset, users, rng, max_history, seq_targets)
+        return sequential_train_samples(dataset, users, rng, max_history, seq_targets, every_prefix)
     if task == DIRECT:
         return direct_train_samples(dataset, users, rng, n_negatives)
     if task == EXPLANATION:
