@@ -46,6 +46,9 @@ class SASRecConfig:
     batch_size: int = 128
     eval_batch_size: int = 512
     max_epochs: int | None = None  # None: until the budget runs out
+    # stop after this many epochs without a better validation NDCG@10 (None: never); the budget is
+    # an upper bound, as for ELMRec, whose runs stop early on validation loss as well
+    patience: int | None = 10
 
 
 class SASRec(nn.Module):
@@ -223,6 +226,8 @@ def train_sasrec(
         if progress:
             print(f"epoch {epoch:3d}  loss {record['loss']:.4f}  valid NDCG@10 {m['NDCG@10']:.4f}  "
                   f"HR@10 {m['HR@10']:.4f}  {last_epoch_s:.1f} s", flush=True)
+        if cfg.patience is not None and epoch - best["epoch"] >= cfg.patience:
+            break
     model.load_state_dict(best_state)
     info = {"epochs": epoch, "best_epoch": best["epoch"], "best_valid": best, "valid_users": len(users),
             "train_seconds": round(time.perf_counter() - start, 1), "history": history}

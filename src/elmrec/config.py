@@ -232,6 +232,7 @@ def _validate(data: dict) -> Config:
 
 
 _MAPPINGS = {"task_repeats"}  # dict fields, written KEY=N,KEY=N on the command line
+_LISTS = {"tasks"}  # list fields, written A,B on the command line
 
 
 def _parse_mapping(name: str, text: str) -> dict[str, str]:
@@ -274,6 +275,8 @@ def load_config(
             continue
         if isinstance(value, str) and key in _MAPPINGS:
             value = _parse_mapping(key, value)
+        elif isinstance(value, str) and key in _LISTS:
+            value = [x.strip() for x in value.split(",") if x.strip()]
         for name in _ALIASES.get(key, (key,)):
             flat[name] = value
     nested: dict = {"model": {}, "train": {}, "eval": {}, "preset": preset}
