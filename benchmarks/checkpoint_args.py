@@ -1,5 +1,5 @@
 """Command-line set-up shared by the scripts that inspect a trained Beauty checkpoint
-(diagnose.py, paired.py, denormals.py): the same flags, the benchmark's two indexings, and the
+(diagnose.py, denormals.py): the same flags, the benchmark's two indexings, and the
 same refusal of a checkpoint trained on other data. Not a benchmark itself."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from elmrec.cli import positive_int
+from elmrec.config import positive_int
 from elmrec.data import DataError, Dataset, load_p5, reindex
 from elmrec.io import atomic_write_text
 from elmrec.recommender import Recommender

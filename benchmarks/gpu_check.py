@@ -33,8 +33,7 @@ import numpy as np
 import torch
 
 from elmrec import tasks as T
-from elmrec.cli import positive_int
-from elmrec.config import Config, load_config
+from elmrec.config import Config, load_config, positive_int
 from elmrec.data import Dataset
 from elmrec.io import atomic_write_text
 from elmrec.model import ELMRec, build_model

@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 from elmrec import tasks as T
-from elmrec.cli import positive_int
-from elmrec.config import load_config
+from elmrec.config import load_config, positive_int
 from elmrec.data import DataError, load_p5
 from elmrec.io import atomic_write_text
 from elmrec.model import T5_SIZES, build_model

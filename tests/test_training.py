@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -21,6 +22,20 @@ FAST = dict(size="tiny", batch_size=16, steps_per_epoch=2, valid_users=20, warmu
 
 def _cfg(**overrides):
     return load_config(overrides={**FAST, **overrides})
+
+
+def test_every_prefix_samples_hold_the_training_history_or_a_window_of_it():
+    from elmrec.prompts import target_text
+
+    ds = Dataset.from_histories([[1, 2, 3, 4, 5, 6], list(range(1, 31)), [7, 8, 9]], n_items=30)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        short, long_ = T.sequential_train_samples(ds, np.array([1, 2, 3]), rng, max_history=5, every_prefix=True)
+        # user 3 has one training item: no prefix to train
+        assert short.items == (1, 2, 3) and short.target == 4 and short.prefixes  # the last two are held out
+        window = (*long_.items, long_.target)
+        assert len(window) == 6 and window == tuple(range(window[0], window[0] + 6)) and window[-1] <= 28
+        assert target_text(short, "item") == "item_2 item_3 item_4"
 
 
 def test_sequential_samples_stay_inside_training_history():
@@ -460,3 +475,66 @@ def test_the_quick_model_goes_below_the_item_prior_on_sequential_validation(trai
     log = [json.loads(ln) for ln in (trained_checkpoint.parent / "log.jsonl").read_text().splitlines()]
     prior = log[0]["item_prior_loss"]["sequential"]
     assert min(rec["valid_loss"]["sequential"] for rec in log[1:]) < 0.9 * prior
+
+
+def test_candidate_prior_of_direct_prompts_computed_by_hand():
+    """direct_loss 'candidates': the prior's softmax runs over the prompt's items. Counts + 1: item 2
+    -> 4, items 1 and 3 -> 1; a prompt listing 1, 2, 3 with target 2 costs log(6/4), one listing 1
+    and 3 with target 3 log(2/1); the mean over the batch's two labels."""
+    import math
+
+    from elmrec.tokenization import add_id_tokens, build_tokenizer, encode_prompts, encode_targets
+    from elmrec.training import Batch, item_prior_loss
+
+    tok = add_id_tokens(build_tokenizer(), 2, 3)
+    counts = np.array([0, 0, 3, 0])
+    from elmrec.prompts import render
+    from elmrec.tasks import DIRECT, Sample
+
+    prompts = encode_prompts(tok, [render(Sample(DIRECT, 1, (1, 2, 3), 2), 0, 2, True),
+                                   render(Sample(DIRECT, 2, (3, 1), 3), 0, 2, True)])
+    labels = encode_targets(tok, ["item_2", "item_3"])
+    labels = labels.masked_fill(labels == tok.eos_token_id, -100)
+    batch = Batch("direct", prompts, labels, 2)
+    prior = item_prior_loss([batch], tok, counts, "item", direct_candidates=True)
+    assert prior["direct"] == pytest.approx((math.log(6 / 4) + math.log(2)) / 2)
+    # over every item instead: log(6/4) and log(6/1)
+    assert item_prior_loss([batch], tok, counts, "item")["direct"] == pytest.approx((math.log(1.5) + math.log(6)) / 2)
+
+
+def test_direct_candidate_loss_is_the_cross_entropy_over_the_listed_items():
+    from elmrec.generation import item_log_probs
+    from elmrec.model import build_model
+    from elmrec.prompts import render
+    from elmrec.tasks import DIRECT, Sample
+    from elmrec.tokenization import add_id_tokens, build_tokenizer, encode_prompts, encode_targets, item_token_start
+
+    tok = add_id_tokens(build_tokenizer(), 5, 12)
+    cfg = _cfg(size="tiny", dropout=0.0, direct_loss="candidates").model
+    model = build_model(cfg, 5, 12, np.array([1, 2, 3]), np.array([1, 3, 5]), len(tok), 0, item_token_start(tok, 12))
+    model.eval()
+    samples = [Sample(DIRECT, 2, (3, 7, 11), 7), Sample(DIRECT, 4, (12, 1), 1)]
+    batch = encode_prompts(tok, [render(s, 1, 5, True) for s in samples])
+    labels = encode_targets(tok, [f"item_{s.target}" for s in samples])
+    labels = labels.masked_fill(labels == tok.eos_token_id, -100)
+    with torch.no_grad():
+        loss = model(DIRECT, **batch, labels=labels)
+        hidden, mask = model.encode(DIRECT, **batch)
+        logp = item_log_probs(model, hidden, mask)  # over every item; renormalise over the listed ones
+    expected = [-(logp[k, s.target - 1] - logp[k, [i - 1 for i in s.items]].logsumexp(0))
+                for k, s in enumerate(samples)]
+    torch.testing.assert_close(loss, torch.stack(expected).mean(), rtol=1e-5, atol=1e-5)
+    model.config.direct_loss = "items"
+    with torch.no_grad():
+        everything = model(DIRECT, **batch, labels=labels)
+    torch.testing.assert_close(everything, -(logp[0, 6] + logp[1, 0]) / 2, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(id_tokens="digits", causal_history=True), "causal_history needs"),
+    (dict(causal_history=True, seq_targets=5), "causal_history needs"),
+    (dict(id_tokens="digits", direct_loss="candidates"), "direct_loss 'candidates' needs"),
+])
+def test_item_scheme_training_options_are_refused_with_digits(fields, message):
+    with pytest.raises(ValueError, match=message):
+        _cfg(size="tiny", **fields)

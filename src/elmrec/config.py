@@ -245,6 +245,17 @@ def _parse_mapping(name: str, text: str) -> dict[str, str]:
     return out
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts, of the CLI and the benchmark scripts: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def load_config(
     path: str | Path | None = None, preset: str | None = None, overrides: dict | None = None
 ) -> Config:
