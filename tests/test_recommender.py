@@ -290,3 +290,24 @@ def test_trained_model_depends_on_the_user_and_the_cli_reports_it(trained_checkp
     assert main(["evaluate", "--model", "popularity", "--data", str(quick_dir), "--task", "sequential",
                  "--user-dependence", "--no-progress"]) == 0
     assert "direct rank correlation 1.0000, sequential top-10 overlap 1.0000" in capsys.readouterr().out
+
+
+def test_a_checkpoint_older_than_a_model_field_reads_it_as_trained(trained_checkpoint, tmp_path):
+    """Fields added after a checkpoint was written (the id scheme, every-prefix training, the direct
+    loss) read as what that checkpoint was trained with, whatever today's defaults are; the
+    model's and the run's configuration agree."""
+    import shutil
+
+    from elmrec import checkpoint
+
+    old = tmp_path / "old"
+    shutil.copytree(trained_checkpoint, old)
+    for name in (checkpoint.MODEL_CONFIG_FILE, checkpoint.RUN_CONFIG_FILE):
+        raw = json.loads((old / name).read_text())
+        for field in ("causal_history", "direct_loss"):
+            raw["model"].pop(field)
+        (old / name).write_text(json.dumps(raw))
+    rec = Recommender.from_pretrained(old)
+    for cfg in (rec.model.config, rec.run.model):
+        assert (cfg.causal_history, cfg.direct_loss, cfg.id_tokens) == (False, "items", "item")
+    assert checkpoint.stored_model_config({})["id_tokens"] == "digits"  # before the item scheme

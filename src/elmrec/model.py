@@ -31,6 +31,7 @@ from transformers import (
 from transformers.models.t5.modeling_t5 import T5Attention
 
 from . import attention
+from .checkpoint import GRAPH_FILE, MODEL_CONFIG_FILE, WEIGHTS_FILE, stored_model_config
 from .config import ModelConfig
 from .dropout import replace_dropout
 from .graph import lightgcn, normalized_adjacency, to_torch_sparse
@@ -45,7 +46,6 @@ T5_SIZES = {
     "cpu": dict(d_model=256, d_ff=1024, num_layers=4, num_decoder_layers=4, num_heads=4, d_kv=64),
     "small": dict(d_model=512, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8, d_kv=64),
 }
-CONFIG_FILE, WEIGHTS_FILE, GRAPH_FILE = "elmrec_config.json", "model.safetensors", "graph.safetensors"
 AFTER = 1 << 30  # history rank of the tokens after a sequential prompt's last item (causal_history)
 
 
@@ -290,7 +290,7 @@ class ELMRec(nn.Module):
             self.t5.config.save_pretrained(tmp)
             meta = {"model": asdict(self.config), "n_users": self.n_users, "n_items": self.n_items,
                     "item_token_start": self.item_token_start}
-            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            (tmp / MODEL_CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
             state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
             # T5 ties shared/encoder/decoder embeddings and lm_head: store the one tensor once
             for k in ("t5.encoder.embed_tokens.weight", "t5.decoder.embed_tokens.weight", "t5.lm_head.weight"):
@@ -317,11 +317,11 @@ class ELMRec(nn.Module):
         cls, directory: str | Path, device: str | torch.device = "cpu"
     ) -> tuple[ELMRec, PreTrainedTokenizerBase]:
         d = Path(directory)
-        if not (d / CONFIG_FILE).is_file() or not (d / WEIGHTS_FILE).is_file():
-            raise FileNotFoundError(f"{d}: not an elmrec checkpoint (missing {CONFIG_FILE} or {WEIGHTS_FILE})")
+        if not (d / MODEL_CONFIG_FILE).is_file() or not (d / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"{d}: not an elmrec checkpoint (missing {MODEL_CONFIG_FILE} or {WEIGHTS_FILE})")
         try:
-            meta = json.loads((d / CONFIG_FILE).read_text())
-            config = ModelConfig(**{"id_tokens": "digits", **meta["model"]})  # older checkpoints: digits
+            meta = json.loads((d / MODEL_CONFIG_FILE).read_text())
+            config = ModelConfig(**stored_model_config(meta["model"]))
             t5 = T5ForConditionalGeneration(T5Config.from_pretrained(d))
             g = load_file(str(d / GRAPH_FILE))
             n = meta["n_users"] + meta["n_items"] + 1

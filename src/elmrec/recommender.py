@@ -14,14 +14,13 @@ candidates.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
+from . import checkpoint
 from .config import Config, EvalConfig, config_from_dict
 from .generation import (
     ItemTrie,
@@ -82,22 +81,14 @@ class Recommender:
         """Load a checkpoint directory; ``eval_overrides`` change EvalConfig fields (beams, top_n...)."""
         d = Path(directory)
         model, tokenizer = ELMRec.from_pretrained(d, resolve_device(device))
-        raw = json.loads((d / "run_config.json").read_text())
-        raw["model"]["id_tokens"] = model.config.id_tokens  # the weights' scheme (older runs: digits)
-        run = config_from_dict(raw)
+        run = checkpoint.read_run_config(d)
         unknown = set(eval_overrides) - set(EvalConfig.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown evaluation setting(s): {sorted(unknown)}")
         run.eval = replace(run.eval, **{k: v for k, v in eval_overrides.items() if v is not None})
         run = config_from_dict(run.to_dict())  # validates the overridden settings
-        h = load_file(str(d / "histories.safetensors"))
-        info = json.loads((d / "dataset.json").read_text())
-        users = items = None
-        if (d / "datamaps.json").is_file():
-            maps = json.loads((d / "datamaps.json").read_text())
-            users = {int(k): v for k, v in maps["id2user"].items()}
-            items = {int(k): v for k, v in maps["id2item"].items()}
-        return cls(model, tokenizer, run, h["offsets"].numpy(), h["items"].numpy(), info, users, items, d)
+        data = checkpoint.read_run_data(d)
+        return cls(model, tokenizer, run, data.offsets, data.items, data.info, data.user_names, data.item_names, d)
 
     # --- helpers ------------------------------------------------------------------------------
     @property

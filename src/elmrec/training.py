@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save as save_tensors
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from . import checkpoint
 from . import tasks as T
-from .config import Config, TrainConfig, config_from_dict
+from .config import Config, TrainConfig
 from .data import Dataset
 from .distributed import Context, device_for
 from .io import atomic_write_text
@@ -35,7 +35,7 @@ from .prompts import EVAL_TEMPLATE, TEMPLATES, item_text, render, target_text
 from .runtime import resolve_device, tune_cpu
 from .tokenization import add_id_tokens, build_tokenizer, encode_prompts, encode_targets, item_token_start
 
-BEST, LAST, STATE_FILE, LOG_FILE = "best", "last", "training_state.pt", "log.jsonl"
+BEST, LAST, LOG_FILE = "best", "last", "log.jsonl"
 RESUMABLE = ("epochs", "patience", "budget_minutes", "device", "threads", "micro_batch_size", "length_groups",
              "loader_workers")
 
@@ -241,24 +241,6 @@ def forward_backward(
     if shared is not None and shared.grad is not None:
         graph.backward(shared.grad)
     return total
-
-
-def checkpoint_files(dataset: Dataset, cfg: Config) -> dict[str, str | bytes]:
-    """What a checkpoint carries besides the model: run config, dataset identity, histories and
-    id maps (so recommendations need no dataset directory)."""
-    info = {**dataset.summary(), "source": dataset.name}
-    files: dict[str, str | bytes] = {
-        "run_config.json": json.dumps(cfg.to_dict(), indent=2) + "\n",
-        "dataset.json": json.dumps(info, indent=2) + "\n",
-        "histories.safetensors": save_tensors(
-            {"offsets": torch.tensor(dataset.offsets), "items": torch.tensor(dataset.items)}
-        ),
-    }
-    if dataset.user_names and dataset.item_names:
-        maps = {"id2user": {str(k): v for k, v in enumerate(dataset.user_names) if k},
-                "id2item": {str(k): v for k, v in enumerate(dataset.item_names) if k}}
-        files["datamaps.json"] = json.dumps(maps) + "\n"
-    return files
 
 
 def direct_negatives(cfg: TrainConfig, epoch: int) -> int:
@@ -467,26 +449,16 @@ class _Training:
     def save(self, name: str, with_state: bool) -> None:
         if not self.ctx.main:
             return
-        files = checkpoint_files(self.data, self.cfg)
+        state = None
         if with_state:
-            import io
-
-            buf = io.BytesIO()
-            torch.save({
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "epoch": self.epoch, "best": self.best, "bad_epochs": self.bad_epochs,
-                "elapsed": self.elapsed,
-            }, buf)
-            files[STATE_FILE] = buf.getvalue()
-        self.model.save_pretrained(self.out / name, self.tokenizer, files)
+            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "epoch": self.epoch, "best": self.best, "bad_epochs": self.bad_epochs, "elapsed": self.elapsed}
+        self.model.save_pretrained(self.out / name, self.tokenizer, checkpoint.run_files(self.data, self.cfg, state))
 
     def restore(self, directory: Path) -> None:
         model, _ = ELMRec.from_pretrained(directory, self.device)
         self.model.load_state_dict(model.state_dict())
-        try:
-            state = torch.load(directory / STATE_FILE, map_location=self.device, weights_only=True)
-        except (RuntimeError, EOFError, OSError) as e:
-            raise ValueError(f"{directory / STATE_FILE}: damaged training state ({e}); cannot resume") from None
+        state = checkpoint.read_training_state(directory, self.device)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.best = state["epoch"], state["best"]
@@ -515,17 +487,15 @@ def train(
     out = Path(out_dir)
     if resume:
         last = out / LAST
-        if not (last / STATE_FILE).is_file():
-            raise FileNotFoundError(f"{out}: nothing to resume (no {LAST}/{STATE_FILE})")
-        raw = json.loads((last / "run_config.json").read_text())
-        raw["model"].setdefault("id_tokens", "digits")  # runs from before the item scheme
-        saved = config_from_dict(raw)
+        if not (last / checkpoint.STATE_FILE).is_file():
+            raise FileNotFoundError(f"{out}: nothing to resume (no {LAST}/{checkpoint.STATE_FILE})")
+        saved = checkpoint.read_run_config(last)
         # a resumed run keeps its model, data and sampling settings; only how long and where it
         # runs may change (e.g. more epochs or a larger budget)
         for name in RESUMABLE:
             setattr(saved.train, name, getattr(cfg.train, name))
         cfg = saved
-        fingerprint = json.loads((last / "dataset.json").read_text())["fingerprint"]
+        fingerprint = checkpoint.read_fingerprint(last)
         if fingerprint != dataset.fingerprint():
             raise ValueError(f"{out}: the run was trained on dataset {fingerprint}, not {dataset.fingerprint()}")
     elif (out / LAST).exists():
@@ -592,4 +562,4 @@ def train(
             "checkpoint": str(out / BEST), "elapsed_s": run.elapsed}
 
 
-__all__ = ["train", "active_tasks", "checkpoint_files", "item_prior_loss", "BEST", "LAST"]
+__all__ = ["train", "active_tasks", "item_prior_loss", "BEST", "LAST"]
