@@ -13,8 +13,8 @@ import time
 from datetime import datetime, timezone
 
 from elmrec.baselines import BASELINES
-from elmrec.data import load_p5
 from elmrec.evaluation import TASKS, evaluate, format_table
+from elmrec.formats import load_p5
 from elmrec.io import atomic_write_text
 from elmrec.runtime import machine_info
 

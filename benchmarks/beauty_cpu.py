@@ -27,8 +27,9 @@ from pathlib import Path
 
 from elmrec.baselines import BASELINES
 from elmrec.config import load_config
-from elmrec.data import load_p5, reindex
+from elmrec.data import reindex
 from elmrec.evaluation import evaluate, sample_users, user_dependence
+from elmrec.formats import load_p5
 from elmrec.io import atomic_write_text
 from elmrec.recommender import Recommender
 from elmrec.runtime import machine_info, release_free_memory, resolve_device

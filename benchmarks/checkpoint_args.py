@@ -12,7 +12,8 @@ import time
 import torch
 
 from elmrec.config import positive_int
-from elmrec.data import DataError, Dataset, load_p5, reindex
+from elmrec.data import DataError, Dataset, reindex
+from elmrec.formats import load_p5
 from elmrec.io import atomic_write_text
 from elmrec.recommender import Recommender
 from elmrec.runtime import machine_info

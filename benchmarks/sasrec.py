@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elmrec.data import DataError, Dataset, load_p5
+from elmrec.data import DataError, Dataset
 from elmrec.evaluation import TASKS, evaluate, format_table, sample_users
+from elmrec.formats import load_p5
 from elmrec.io import atomic_write_text
 from elmrec.runtime import machine_info, tune_cpu
 

@@ -27,7 +27,8 @@ import torch
 
 from elmrec import tasks as T
 from elmrec.config import load_config, positive_int
-from elmrec.data import DataError, load_p5
+from elmrec.data import DataError
+from elmrec.formats import load_p5
 from elmrec.io import atomic_write_text
 from elmrec.model import T5_SIZES, build_model
 from elmrec.recommender import Recommender

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from elmrec.data import Dataset, load_p5, write_p5
+from elmrec.data import Dataset
+from elmrec.formats import load_p5, write_p5
 from elmrec.synthetic import make_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]

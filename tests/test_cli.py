@@ -3,7 +3,7 @@ import json
 import pytest
 
 from elmrec.cli import main
-from elmrec.data import load_p5
+from elmrec.formats import load_p5
 
 
 def test_synthetic_info_evaluate(tmp_path, capsys):

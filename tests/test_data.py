@@ -5,19 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from elmrec.data import (
-    DataError,
-    Dataset,
-    describe,
-    explanation_leaks,
-    load_dataset,
-    load_p5,
-    load_recbole_inter,
-    load_table,
-    reindex,
-    sample_negatives,
-    write_p5,
-)
+from elmrec.data import DataError, Dataset, describe, explanation_leaks, reindex, sample_negatives
+from elmrec.formats import load_dataset, load_p5, load_recbole_inter, load_table, write_p5
 
 SEQ = "1 1 2 3 4\n2 2 3 5\n3 5 4 1 6\n"
 NEG = "1 5 6\n2 1 4\n3 2 3\n"

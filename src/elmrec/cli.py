@@ -18,18 +18,9 @@ from pathlib import Path
 from . import __version__, distributed
 from .baselines import BASELINES
 from .config import add_config_arguments, config_from_args, positive_int
-from .data import (
-    FORMATS,
-    DataError,
-    Dataset,
-    describe,
-    load_dataset,
-    load_p5,
-    reindex,
-    sample_negatives,
-    write_p5,
-)
+from .data import DataError, Dataset, describe, reindex, sample_negatives
 from .evaluation import DEFAULT_KS, Scorer, evaluate, evaluate_explanation, sample_users, user_dependence
+from .formats import FORMATS, load_dataset, load_p5, write_p5
 from .io import atomic_write_text
 from .runtime import tune_cpu
 from .synthetic import make_synthetic

@@ -16,8 +16,9 @@ import numpy as np
 
 from .baselines import PopularityScorer
 from .config import Config, load_config
-from .data import Dataset, write_p5
+from .data import Dataset
 from .evaluation import evaluate, format_table, sample_users
+from .formats import write_p5
 from .recommender import Recommender
 from .synthetic import make_synthetic
 from .training import LOG_FILE, train
