@@ -175,3 +175,18 @@ def test_id_scheme_flags_parse_into_the_config(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--data", "d", "--out", "o", "--id-tokens", "words"])
     assert "invalid choice: 'words'" in capsys.readouterr().err
+
+
+def test_evaluation_flags_are_named_as_their_config_fields():
+    """evaluate/recommend spell an EvalConfig field as train does (--direct-decode, --eval-amp); the
+    older --decode / --amp still work."""
+    from elmrec.cli import build_parser
+
+    p = build_parser()
+    for command in (["evaluate", "--data", "d"], ["recommend", "--user", "1"]):
+        args = p.parse_args([command[0], "--checkpoint", "c", *command[1:], "--direct-decode", "beam", "--eval-amp"])
+        assert (args.direct_decode, args.eval_amp) == ("beam", True)
+        args = p.parse_args([command[0], "--checkpoint", "c", *command[1:], "--decode", "score", "--no-amp"])
+        assert (args.direct_decode, args.eval_amp) == ("score", False)
+    train = p.parse_args(["train", "--data", "d", "--out", "o", "--direct-decode", "beam", "--eval-amp"])
+    assert (train.cfg_direct_decode, train.cfg_eval_amp) == ("beam", True)

@@ -12,12 +12,12 @@ import json
 import logging
 import os
 import sys
-from dataclasses import replace
+from dataclasses import fields
 from pathlib import Path
 
 from . import __version__, distributed
 from .baselines import BASELINES
-from .config import add_config_arguments, config_from_args, positive_int
+from .config import EvalConfig, add_config_arguments, config_from_args, positive_int
 from .data import DataError, Dataset, describe, reindex, sample_negatives
 from .evaluation import DEFAULT_KS, Scorer, evaluate, evaluate_explanation, sample_users, user_dependence
 from .formats import FORMATS, load_dataset, load_p5, write_p5
@@ -108,19 +108,14 @@ def build_scorer(args: argparse.Namespace, dataset: Dataset) -> tuple[str, Score
     rec.check_dataset(dataset.fingerprint())
     k = max(args.ks)
     if rec.eval.top_n < k:  # HR@k needs k returned items, not the checkpoint's default top_n
-        rec.eval = replace(rec.eval, top_n=k, beams=max(rec.eval.beams, k + rec.eval.extra_candidates))
+        rec.eval = rec.eval.with_top_n(k)
     return f"elmrec:{args.checkpoint}", rec
 
 
 def _load_recommender(args: argparse.Namespace):
     from .recommender import Recommender
 
-    overrides = {
-        "beams": getattr(args, "beams", None), "top_n": getattr(args, "top_n", None),
-        "extra_candidates": getattr(args, "extra_candidates", None), "rerank": getattr(args, "rerank", None),
-        "direct_decode": getattr(args, "decode", None), "eval_batch_size": getattr(args, "eval_batch_size", None),
-        "eval_amp": getattr(args, "amp", None),
-    }
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(EvalConfig)}  # flags named as fields
     if getattr(args, "threads", None):
         import torch
 
@@ -268,9 +263,11 @@ def _generation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--extra-candidates", type=int, help="N: extra beam outputs that reranking may drop")
     g.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None,
                    help="drop already-interacted items from the generated list")
-    g.add_argument("--decode", choices=("score", "beam"), help="direct: exact scoring or beam search")
+    # the names of the EvalConfig fields, as `train` spells them; --decode and --amp: older names
+    g.add_argument("--direct-decode", "--decode", dest="direct_decode", choices=("score", "beam"),
+                   help="direct: exact scoring or beam search")
     g.add_argument("--eval-batch-size", type=int)
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+    g.add_argument("--eval-amp", "--amp", dest="eval_amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (GPU, or a CPU with AMX); the vocabulary head and scores stay fp32")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda")
     g.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's, one per core)")

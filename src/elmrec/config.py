@@ -126,6 +126,11 @@ class EvalConfig:
     # vocabulary head and all scores stay fp32
     eval_amp: bool = False
 
+    def with_top_n(self, top_n: int) -> EvalConfig:
+        """These settings returning ``top_n`` items: beams widen to top_n + N where they are fewer,
+        so that reranking still has its N extra candidates."""
+        return dataclasses.replace(self, top_n=top_n, beams=max(self.beams, top_n + self.extra_candidates))
+
 
 @dataclass
 class Config:

@@ -19,10 +19,11 @@ from tqdm.auto import tqdm
 
 from .data import DataError, Dataset
 from .distributed import Context
+from .tasks import DIRECT, EXPLANATION, SEQUENTIAL
 
 DEFAULT_KS = (1, 5, 10)
 SUMMED_STATS = ("generated", "invalid", "dropped_by_rerank", "users")  # scorer counts, added over ranks
-TASKS = ("sequential", "direct")
+TASKS = (SEQUENTIAL, DIRECT)  # the ranking tasks
 
 
 class Scorer(Protocol):
@@ -168,7 +169,7 @@ def _run(
     ctx = ctx or Context()
     if split not in ("valid", "test"):
         raise ValueError(f"unknown split {split!r}; expected valid or test")
-    if task == "direct" and dataset.negatives is None:
+    if task == DIRECT and dataset.negatives is None:
         raise DataError(
             dataset.name,
             None,
@@ -188,7 +189,7 @@ def _run(
         rows = np.repeat(np.arange(len(batch)), [len(h) for h in hist])
         cols = np.concatenate(hist)
         repeats += len(np.unique(rows[cols == t[rows]]))
-        if task == "sequential":
+        if task == SEQUENTIAL:
             # a copy in float64: we mask in place and drop column 0 (padding, never an item)
             shape = (len(batch), dataset.n_items + 1)
             scores = np.array(scorer.score_all(batch, hist), dtype=np.float64)
@@ -222,10 +223,10 @@ def _run(
         "task": task,
         "split": split,
         "ks": list(ks),
-        "exclude_history": bool(exclude_history) if task == "sequential" else False,
+        "exclude_history": bool(exclude_history) if task == SEQUENTIAL else False,
         "n_users": len(users),
         "all_users": len(users) == dataset.n_users,
-        "candidates": dataset.n_items if task == "sequential" else 1 + dataset.negatives.shape[1],
+        "candidates": dataset.n_items if task == SEQUENTIAL else 1 + dataset.negatives.shape[1],
         "ties": "against target",
         "dataset": dataset.name,
         "fingerprint": dataset.fingerprint(),
@@ -251,7 +252,7 @@ def evaluate_sequential(
     recommend what was bought); a target that repeats a history item is left rankable, and such
     users are counted in ``extra['target_in_history_users']``. ``users`` restricts to a subset.
     """
-    return _run("sequential", scorer, dataset, split, ks, exclude_history, batch_size, users, progress, ctx)
+    return _run(SEQUENTIAL, scorer, dataset, split, ks, exclude_history, batch_size, users, progress, ctx)
 
 
 def evaluate_direct(
@@ -268,7 +269,7 @@ def evaluate_direct(
 
     The same negatives serve validation and test: they exclude every item the user touched.
     """
-    return _run("direct", scorer, dataset, split, ks, False, batch_size, users, progress, ctx)
+    return _run(DIRECT, scorer, dataset, split, ks, False, batch_size, users, progress, ctx)
 
 
 def _row_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -333,9 +334,9 @@ def user_dependence(
 def evaluate(scorer: Scorer, dataset: Dataset, task: str, split: str = "test", **kwargs) -> EvalResult:
     """:func:`evaluate_sequential` or :func:`evaluate_direct` by name; ``ctx`` (torchrun) shards the
     users over ranks and gathers their ranks: the same metrics as one process."""
-    if task == "sequential":
+    if task == SEQUENTIAL:
         return evaluate_sequential(scorer, dataset, split, **kwargs)
-    if task == "direct":
+    if task == DIRECT:
         kwargs.pop("exclude_history", None)  # candidates never hold history items anyway
         return evaluate_direct(scorer, dataset, split, **kwargs)
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
@@ -385,7 +386,7 @@ def evaluate_explanation(
         bar.update(len(chunk))
     bar.close()
     metrics = text_metrics(predictions, [r[2] for r in rows])
-    protocol = {"task": "explanation", "split": split, "n_pairs": len(rows), "dataset": dataset.name,
+    protocol = {"task": EXPLANATION, "split": split, "n_pairs": len(rows), "dataset": dataset.name,
                 "fingerprint": dataset.fingerprint()}
     extra = {"examples": [{"user": u, "item": i, "reference": t, "generated": p}
                           for (u, i, t), p in list(zip(rows, predictions))[:5]]}

@@ -339,7 +339,7 @@ class Recommender:
         """``recommend`` for internal ids (0 = a new user), one model call per ``eval_batch_size``."""
         old = self.eval
         if top_n is not None:
-            self.eval = replace(old, top_n=top_n, beams=max(old.beams, top_n + old.extra_candidates))
+            self.eval = old.with_top_n(top_n)
         try:
             items, scores, _ = self.generate_sequential(np.asarray(users, dtype=np.int64), histories)
         finally:

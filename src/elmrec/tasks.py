@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import TASKS
 from .data import Dataset
 
-EXPLANATION, SEQUENTIAL, DIRECT = "explanation", "sequential", "direct"
+EXPLANATION, SEQUENTIAL, DIRECT = TASKS  # the names, defined once in config
 TASK_IDS = {EXPLANATION: 0, SEQUENTIAL: 1, DIRECT: 2}
 
 
