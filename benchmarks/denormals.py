@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from elmrec import tasks as T
+from elmrec.batching import make_batch
 from elmrec.config import load_config
 from elmrec.runtime import tune_allocator
-from elmrec.training import forward_backward, make_batch
+from elmrec.training import forward_backward
 
 from checkpoint_args import add_common_args, load_checkpoint, load_data, positive_int, write_report
 

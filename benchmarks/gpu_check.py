@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from elmrec import tasks as T
+from elmrec.batching import make_batch
 from elmrec.config import Config, load_config, positive_int
 from elmrec.data import Dataset
 from elmrec.io import atomic_write_text
@@ -41,7 +42,7 @@ from elmrec.recommender import Recommender
 from elmrec.runtime import machine_info, resolve_device
 from elmrec.synthetic import make_synthetic
 from elmrec.tokenization import build_tokenizer
-from elmrec.training import forward_backward, make_batch
+from elmrec.training import forward_backward
 
 # (check, limit): relative differences for fp32, looser ones for bf16 (8-bit mantissa). A model's
 # bf16 gradients drift from its fp32 ones as it trains (1-6% after 150 steps, 12-45% after 300, on

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from elmrec import tasks as T
+from elmrec.batching import default_length_groups, make_batch
 from elmrec.config import load_config, positive_int
 from elmrec.data import DataError
 from elmrec.formats import load_p5
@@ -34,7 +35,7 @@ from elmrec.model import T5_SIZES, build_model
 from elmrec.recommender import Recommender
 from elmrec.runtime import machine_info, resolve_device, tune_cpu
 from elmrec.tokenization import build_tokenizer, item_token_start
-from elmrec.training import default_length_groups, forward_backward, make_batch
+from elmrec.training import forward_backward
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

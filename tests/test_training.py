@@ -173,7 +173,7 @@ def test_loader_workers_make_the_same_batches_and_unset_settings_follow_the_devi
     length groups and loader workers resolve per device (4 and 0 on a CPU, 1 and 2 on a GPU)."""
     import torch
 
-    from elmrec.training import default_length_groups, default_loader_workers
+    from elmrec.batching import default_length_groups, default_loader_workers
 
     for name, workers in (("inline", 0), ("workers", 2)):
         train(_cfg(epochs=1, loader_workers=workers), synthetic_dataset, tmp_path / name, progress=False,
@@ -200,8 +200,8 @@ def test_loader_workers_build_the_inline_batches_and_end_with_the_loop(synthetic
 
     import torch
 
+    from elmrec.batching import prepared_batches
     from elmrec.tokenization import build_tokenizer
-    from elmrec.training import prepared_batches
 
     ds, cfg, cpu = synthetic_dataset, _cfg(), torch.device("cpu")
     parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
@@ -294,7 +294,8 @@ def test_resume_may_extend_epochs_and_says_when_nothing_is_left(tmp_path, synthe
 def test_micro_batches_give_the_gradients_of_the_whole_batch(tmp_path, task, scheme):
     import torch
 
-    from elmrec.training import _Training, forward_backward, make_batch
+    from elmrec.batching import make_batch
+    from elmrec.training import _Training, forward_backward
 
     rng = np.random.default_rng(0)  # digits: ids 1..150 are one- and two-token targets
     ds = Dataset.from_histories([rng.choice(np.arange(1, 151), 8, replace=False).tolist() for _ in range(40)],
@@ -330,7 +331,8 @@ def test_length_groups_cover_the_batch_and_cut_padding(tmp_path, synthetic_datas
 
     import torch
 
-    from elmrec.training import _Training, chunks, make_batch
+    from elmrec.batching import chunks, make_batch
+    from elmrec.training import _Training
 
     run = _Training(_cfg(), synthetic_dataset, tmp_path)
     samples, templates = next((s, t) for s, t in run.epoch_batches(0) if s[0].task == T.SEQUENTIAL)
@@ -451,8 +453,9 @@ def test_item_prior_loss_computed_by_hand():
     Item 12 (▁ 12 </s>): 9/127 * 5/9 = 5/127. One batch holds both: the token mean over 7 tokens."""
     import math
 
+    from elmrec.batching import Batch
     from elmrec.tokenization import build_tokenizer, encode_targets
-    from elmrec.training import Batch, item_prior_loss
+    from elmrec.training import item_prior_loss
 
     tok = build_tokenizer()
     counts = np.zeros(124)
@@ -483,8 +486,9 @@ def test_candidate_prior_of_direct_prompts_computed_by_hand():
     and 3 with target 3 log(2/1); the mean over the batch's two labels."""
     import math
 
+    from elmrec.batching import Batch
     from elmrec.tokenization import add_id_tokens, build_tokenizer, encode_prompts, encode_targets
-    from elmrec.training import Batch, item_prior_loss
+    from elmrec.training import item_prior_loss
 
     tok = add_id_tokens(build_tokenizer(), 2, 3)
     counts = np.array([0, 0, 3, 0])
