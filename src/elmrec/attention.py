@@ -61,9 +61,8 @@ class _BiasedAttention(torch.autograd.Function):
             probs = torch.softmax(scores, dim=-1)
         del scores
         # a row with no allowed key gets uniform weights (as in the reference); its gradient must
-        # still not reach the masked scores, so keep the mask only where such rows exist. (On a
-        # GPU the check is a host sync per layer; always masking instead, to avoid it, was not
-        # faster: 6% slower in one 10-batch run of t5-small on an H200, BENCHMARKS.md)
+        # still not reach the masked scores, so keep the mask only where such rows exist (on a GPU
+        # a host sync per layer, which was still faster than always masking; docs/gpu.md)
         blocked = None
         if allowed is not None and not allowed.any(-1).all():
             blocked = ~allowed

@@ -51,8 +51,8 @@ class ModelConfig:
     # paper's), or over the prompt's candidates only, the ranking that evaluation reads (a departure)
     direct_loss: typing.Literal["items", "candidates"] = "items"
     dropout: float = 0.1  # T5 hidden-state dropout
-    # Dropout on attention probabilities (T5 ties it to `dropout`). 0 lets PyTorch use its fused
-    # attention kernel in training: 2x less memory and faster direct batches on CPU (BENCHMARKS.md).
+    # dropout on attention probabilities (T5 ties it to `dropout`); 0 keeps a (B, H, L, L) mask
+    # per layer out of training (docs/performance.md)
     attention_dropout: float = 0.0
 
     def __post_init__(self):
@@ -67,15 +67,12 @@ class TrainConfig:
     # forward/backward a batch in chunks of this many samples: the same gradients (the loss is
     # weighted by label tokens), a fraction of the activation memory, e.g. for large direct prompts
     micro_batch_size: int | None = None
-    # sort a batch by prompt length and run it in this many groups, each padded to its own longest
-    # prompt: the same gradients with less padding (1: the whole batch, padded to its longest).
-    # None: 4 on a CPU, where time grows with padded tokens, and 1 on a CUDA GPU, where each forward
-    # and backward pass has a fixed cost (t5-small on an H200: 4 groups made sequential batches 3.3x
-    # slower there)
+    # run a batch sorted by prompt length in this many groups, each padded to its own longest: the
+    # same gradients, less padding. None: 4 on a CPU (time grows with padding), 1 on a GPU (each pass
+    # has a fixed cost); docs/performance.md
     length_groups: int | None = None
     # processes that render and tokenise the next batches while the model trains on this one.
-    # None: 0 on a CPU (2-5% of a step there; the cores are better spent on the model), 2 on a
-    # CUDA GPU (28-30% of a t5-small direct step when done in line)
+    # None: 0 on a CPU (the cores are better spent on the model), 2 on a GPU; docs/gpu.md
     loader_workers: int | None = None
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -87,17 +84,14 @@ class TrainConfig:
     epochs: int = 100
     patience: int = 5
     steps_per_epoch: int | None = None  # batches per task per epoch; None = one sample per user
-    # batches of a task per turn of the rotation (default 1 each, the paper's rotation). On a CPU a
-    # direct batch costs ~14x a sequential one; e.g. sequential=8 spends more of a budget on the
-    # cheap task, whose targets teach the same id distribution. CLI: --task-repeats sequential=8
+    # batches of a task per turn of the rotation (default 1 each, the paper's rotation); e.g.
+    # sequential=2 spends more of a budget on the cheaper task. CLI: --task-repeats sequential=2
     task_repeats: dict[str, int] = field(default_factory=dict)
     valid_users: int | None = 2000  # users in the validation-loss subset; None = all
     budget_minutes: float | None = None  # stop training (and keep the best checkpoint) after this
     n_negatives: int = 99
-    # departure, off by default: a curriculum for the direct task. Training prompts list
-    # n_negatives_start negatives in the first epoch, growing linearly to n_negatives at epoch
-    # curriculum_epochs + 1; validation and test prompts always list n_negatives (BENCHMARKS.md:
-    # Beauty models trained on 2-5 candidates copy from the list, but that did not carry over to 100)
+    # departure, off by default: direct training prompts list n_negatives_start negatives in the
+    # first epoch, growing linearly to n_negatives at epoch curriculum_epochs + 1 (docs/training.md)
     n_negatives_start: int | None = None
     curriculum_epochs: int = 1
     max_history: int = 20

@@ -1,12 +1,10 @@
 """Dropout with a cheaper mask on the CPU.
 
-T5 drops out hidden states in every layer (rate 0.1 in the paper), and on a CPU PyTorch's dropout
-draws its mask with ``bernoulli_``, which costs about twice a ``torch.rand`` of the same size: in a
-tiny sequential training step dropout took a sixth of the time. This one keeps an element where a
-uniform draw is >= p, which is the same distribution (p to float32 resolution), from another
-random stream. Other devices keep PyTorch's fused kernel. The price: the saved mask is float32
-(4 bytes per element, PyTorch's is 1); a bool mask made it as slow as ``bernoulli_`` again
-(measured), and peak memory still fell overall (BENCHMARKS.md).
+On a CPU PyTorch's dropout draws its mask with ``bernoulli_``, about twice the cost of a
+``torch.rand`` of the same size. This one keeps an element where a uniform draw is >= p: the same
+distribution (to float32 resolution) from another random stream, with a float32 saved mask (a
+bool one was as slow as ``bernoulli_``). Other devices keep PyTorch's fused kernel
+(docs/performance.md).
 """
 
 from __future__ import annotations

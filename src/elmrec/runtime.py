@@ -1,17 +1,11 @@
 """Process-level settings: the device, and two CPU settings that keep training steps fast.
 
-T5's attention allocates (batch, heads, seq, seq) tensors of 100+ MB for direct prompts (100
-candidates). glibc serves such blocks with fresh mmap()s and returns them on free, so every step
-page-faults hundreds of MB in again: 2x slower direct batches on this machine. Keeping freed
-memory in the heap (no mmap, no trimming) removes that; the price is that peak memory is not
-returned to the OS until the process ends, unless ``release_free_memory`` asks for it (e.g.
-after training, before evaluating in the same process).
-
-Denormal floats (below 1.2e-38) take a slow microcode path on x86 CPUs. Softmax outputs of a
-trained model's attention fall there more and more as the attention sharpens: a tiny direct
-training step on trained Beauty checkpoints ran 1.3-2.9x slower than with denormals flushed to
-zero, and the direct throughput of a run fell from 21 to 7.7 samples/s in 14 epochs.
-``tune_cpu`` flushes them (what they would add to any sum is below float32 resolution).
+- Allocator: T5's attention allocates 100+ MB tensors for direct prompts, which glibc serves with
+  fresh mmap()s and returns on free, so every step page-faults them in again. Freed memory stays in
+  the heap instead (no mmap, no trimming) until ``release_free_memory`` hands it back.
+- Denormal floats (below 1.2e-38) take a slow path on x86 CPUs, and a trained model's attention
+  probabilities fall there more and more; ``tune_cpu`` flushes them to zero (what they would add
+  to any sum is below float32 resolution). Measured effects of both: docs/performance.md.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ indices.
   exist to fix.
 - ``item``: every user and item of the dataset is one added token (``user_123``, ``item_4567``;
   ``user_0`` stands for a user the model never saw). A randomly initialised T5 learns these far
-  faster than ids composed of digit pieces (BENCHMARKS.md); template words stay word pieces.
+  faster than ids composed of digit pieces (docs/training.md); template words stay word pieces.
 
 Either way it is a plain ``tokenizers`` pipeline saved as ``tokenizer.json``, so
 ``transformers.AutoTokenizer.from_pretrained(checkpoint_dir)`` loads it.

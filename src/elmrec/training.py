@@ -235,7 +235,7 @@ class _Training:
     # --- steps --------------------------------------------------------------------------------
     def autocast(self):
         """bf16 autocast (weights and optimizer stay fp32): on a GPU, or a CPU with bf16 matrix units
-        (AMX, avx512_bf16), where it made a tiny-size direct step 1.4x faster (BENCHMARKS.md)."""
+        (AMX, avx512_bf16; docs/performance.md)."""
         if self.cfg.train.amp:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
