@@ -37,12 +37,11 @@ from elmrec.batching import make_batch
 from elmrec.config import Config, load_config, positive_int
 from elmrec.data import Dataset
 from elmrec.io import atomic_write_text
-from elmrec.model import ELMRec, build_model
+from elmrec.model import ELMRec
 from elmrec.recommender import Recommender
 from elmrec.runtime import machine_info, resolve_device
 from elmrec.synthetic import make_synthetic
-from elmrec.tokenization import build_tokenizer
-from elmrec.training import forward_backward
+from elmrec.training import forward_backward, fresh_model
 
 # (check, limit): relative differences for fp32, looser ones for bf16 (8-bit mantissa). A model's
 # bf16 gradients drift from its fp32 ones as it trains (1-6% after 150 steps, 12-45% after 300, on
@@ -213,14 +212,15 @@ def train_briefly(model: ELMRec, dataset: Dataset, cfg: Config, tokenizer, steps
     return loss
 
 
-def setup(size: str) -> tuple[Dataset, Config, object]:
-    """The synthetic data (planted transitions, explanations), config and tokenizer compared on."""
+def setup(size: str) -> tuple[Dataset, Config]:
+    """The synthetic data (planted transitions, explanations) and config compared on."""
     dataset = make_synthetic(n_users=600, n_items=40, n_communities=4, p_successor=0.9, min_len=4, max_len=8,
                              n_negatives=19, seed=0)
     # the digits scheme: its beam search and prefix-tree scoring are the GPU paths with custom kernels
     cfg = load_config(overrides=dict(size=size, id_tokens="digits", graph_alpha=3.0, seq_alpha=0.1, lr=3e-3,
-                                     batch_size=32, n_negatives=19, tasks=["explanation", "sequential", "direct"]))
-    return dataset, cfg, build_tokenizer([s.target for s in T.explanation_samples(dataset, "train")])
+                                     batch_size=32, n_negatives=19, tasks=["explanation", "sequential", "direct"],
+                                     seed=0))
+    return dataset, cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,9 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     torch.manual_seed(0)
-    dataset, cfg, tokenizer = setup(args.size)
+    dataset, cfg = setup(args.size)
     t0 = time.time()
-    dev = build_model(cfg.model, dataset.n_users, dataset.n_items, *dataset.train_pairs(), len(tokenizer), 0)
+    dev, tokenizer = fresh_model(cfg, dataset)
     dev = dev.to(device)
     loss = train_briefly(dev, dataset, cfg, tokenizer, args.train_steps)
     cpu = copy.deepcopy(dev).to("cpu")

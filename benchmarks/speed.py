@@ -31,11 +31,10 @@ from elmrec.config import load_config, positive_int
 from elmrec.data import DataError
 from elmrec.formats import load_p5
 from elmrec.io import atomic_write_text
-from elmrec.model import T5_SIZES, build_model
+from elmrec.model import T5_SIZES
 from elmrec.recommender import Recommender
 from elmrec.runtime import machine_info, resolve_device, tune_cpu
-from elmrec.tokenization import build_tokenizer, item_token_start
-from elmrec.training import forward_backward
+from elmrec.training import forward_backward, fresh_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -67,10 +66,9 @@ def train_speed(dataset, size: str, batches: int, batch_size: int, micro: int | 
     overrides = {"size": size, "batch_size": batch_size}
     if length_groups is not None:
         overrides["length_groups"] = length_groups
-    cfg = load_config(preset="beauty", overrides=overrides)
-    tok = build_tokenizer(id_tokens=cfg.model.id_tokens, n_users=dataset.n_users, n_items=dataset.n_items)
-    model = build_model(cfg.model, dataset.n_users, dataset.n_items, *dataset.train_pairs(), len(tok), 0,
-                        item_token_start(tok, dataset.n_items)).to(device)
+    cfg = load_config(preset="beauty", overrides={**overrides, "seed": 0})
+    model, tok = fresh_model(cfg, dataset)
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
     rng = np.random.default_rng(0)
@@ -113,10 +111,9 @@ def eval_speed(dataset, size: str, users: int, direct_decode: str, amp: bool = F
     overrides = {"size": size, "direct_decode": direct_decode, "eval_amp": amp}
     if batch_size is not None:
         overrides["eval_batch_size"] = batch_size
-    cfg = load_config(preset="beauty", overrides=overrides)
-    tok = build_tokenizer(id_tokens=cfg.model.id_tokens, n_users=dataset.n_users, n_items=dataset.n_items)
-    model = build_model(cfg.model, dataset.n_users, dataset.n_items, *dataset.train_pairs(), len(tok), 0,
-                        item_token_start(tok, dataset.n_items)).to(device)
+    cfg = load_config(preset="beauty", overrides={**overrides, "seed": 0})
+    model, tok = fresh_model(cfg, dataset)
+    model.to(device)
     model.eval()
     rec = Recommender(model, tok, cfg, dataset.offsets, dataset.items, dataset.summary())
     warm = untimed_users(cfg.eval.eval_batch_size)

@@ -279,8 +279,8 @@ def test_gpu_check_script_passes_on_one_device_and_fails_on_a_changed_model(tmp_
     assert all(r["ok"] for r in report["checks"]) and report["argv"] == args
     assert "checks within their limits" in capsys.readouterr().out
 
-    dataset, cfg, tok = check.setup("tiny")
-    model = check.build_model(cfg.model, dataset.n_users, dataset.n_items, *dataset.train_pairs(), len(tok), 0)
+    dataset, cfg = check.setup("tiny")
+    model, tok = check.fresh_model(cfg, dataset)
     other = copy.deepcopy(model)
     with torch.no_grad():
         other.t5.shared.weight.mul_(1.05)

@@ -135,6 +135,24 @@ def direct_negatives(cfg: TrainConfig, epoch: int) -> int:
     return round(cfg.n_negatives_start + share * (cfg.n_negatives - cfg.n_negatives_start))
 
 
+def fresh_model(cfg: Config, dataset: Dataset, tokenizer_dir: Path | None = None) -> tuple[ELMRec, object]:
+    """A new ELMRec for ``dataset`` (its training graph) and its tokenizer: the package's own
+    (template words and training reviews, plus one token per id in the item scheme), the
+    backbone's, or a resumed run's (``tokenizer_dir``)."""
+    if tokenizer_dir is not None:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    elif cfg.model.backbone:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.backbone)
+        if cfg.model.id_tokens == "item":
+            add_id_tokens(tokenizer, dataset.n_users, dataset.n_items)
+    else:  # only reviews the model may train on shape the vocabulary
+        tokenizer = build_tokenizer([s.target for s in T.explanation_samples(dataset, "train")],
+                                    id_tokens=cfg.model.id_tokens, n_users=dataset.n_users, n_items=dataset.n_items)
+    model = build_model(cfg.model, dataset.n_users, dataset.n_items, *dataset.train_pairs(), len(tokenizer),
+                        cfg.train.seed, item_token_start(tokenizer, dataset.n_items))
+    return model, tokenizer
+
+
 class _Training:
     """State of one run; methods are the steps of the loop in ``train``."""
 
@@ -155,21 +173,8 @@ class _Training:
         self.tasks = active_tasks(cfg, dataset)
         if not self.tasks:
             raise ValueError(f"no trainable task among {cfg.train.tasks} for this dataset")
-        if tokenizer_dir is not None:  # resume: the run's own tokenizer
-            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        elif cfg.model.backbone:
-            self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.backbone)
-            if cfg.model.id_tokens == "item":
-                add_id_tokens(self.tokenizer, dataset.n_users, dataset.n_items)
-        else:  # only reviews the model may train on shape the vocabulary
-            self.tokenizer = build_tokenizer([s.target for s in T.explanation_samples(dataset, "train")],
-                                             id_tokens=cfg.model.id_tokens, n_users=dataset.n_users,
-                                             n_items=dataset.n_items)
-        users, items = dataset.train_pairs()
-        self.model = build_model(
-            cfg.model, dataset.n_users, dataset.n_items, users, items, len(self.tokenizer), cfg.train.seed,
-            item_token_start(self.tokenizer, dataset.n_items),
-        ).to(self.device)
+        self.model, self.tokenizer = fresh_model(cfg, dataset, tokenizer_dir)
+        self.model.to(self.device)
         ctx.broadcast_model(self.model)  # the same seed built the same weights; this makes sure
         self.optimizer = torch.optim.AdamW(  # fused: one pass over each parameter (16% of a CPU step)
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
@@ -445,4 +450,4 @@ def train(
             "checkpoint": str(out / BEST), "elapsed_s": run.elapsed}
 
 
-__all__ = ["train", "active_tasks", "item_prior_loss", "BEST", "LAST"]
+__all__ = ["train", "fresh_model", "active_tasks", "item_prior_loss", "BEST", "LAST"]
