@@ -32,10 +32,6 @@ class ModelConfig:
     graph_alpha: float = 9.0  # scale of graph-aware whole-word embeddings (direct, explanation)
     graph_sigma: float = 6.0  # std of the random node features E0
     graph_layers: int = 4  # LightGCN propagation depth L
-    # E0, the node features LightGCN propagates: "random" (the paper: a trainable N(0, sigma^2)
-    # table) or "tokens" (a departure, item scheme: each id's own token embedding, so a user's
-    # graph-aware embedding mixes the embeddings its items are scored by)
-    graph_features: typing.Literal["random", "tokens"] = "random"
     # weight w of E0 in the layer mean (w E0 + A E0 + ... + A^L E0) / (w + L): 1 is the paper's
     # LightGCN mean; w < 1 (e.g. 0) departs from it so that the graph, not the random row, dominates
     graph_self_weight: float = 1.0
@@ -186,8 +182,6 @@ def _validate(data: dict) -> Config:
     if cfg.model.causal_history and (cfg.model.id_tokens != "item" or cfg.train.seq_targets > 1):
         problems.append("model.causal_history needs model.id_tokens 'item' (one decoder step per prefix) and "
                         "train.seq_targets 1 (it trains every prefix's next item already)")
-    if cfg.model.graph_features == "tokens" and cfg.model.id_tokens != "item":
-        problems.append("model.graph_features 'tokens' needs model.id_tokens 'item' (one token per graph node)")
     if cfg.model.direct_loss == "candidates" and cfg.model.id_tokens != "item":
         problems.append("model.direct_loss 'candidates' needs model.id_tokens 'item' (one output row per item)")
     if cfg.eval.direct_decode == "beam" and cfg.model.id_tokens == "item":

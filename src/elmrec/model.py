@@ -120,18 +120,10 @@ class ELMRec(nn.Module):
             self._graph_cache = self._propagate().detach()
         return self._graph_cache
 
-    def node_features(self) -> torch.Tensor:
-        """E0: the random table, or (``graph_features`` "tokens", item scheme) the id tokens' own
-        embeddings, rows user_0..user_n then item_1..item_n, which is the graph's node order."""
-        if self.config.graph_features == "tokens":
-            start = self.item_token_start - self.n_users - 1
-            return self.t5.shared.weight[start : start + self.n_users + 1 + self.n_items]
-        return self.graph_table
-
     def _propagate(self) -> torch.Tensor:
         if not self.config.use_graph:  # ablation: plain learned whole-word ids
-            return self.node_features()
-        table, layers, self_weight = self.node_features(), self.config.graph_layers, self.config.graph_self_weight
+            return self.graph_table
+        table, layers, self_weight = self.graph_table, self.config.graph_layers, self.config.graph_self_weight
         if table.device.type == "cpu" and table.dtype == torch.float32:
             return lightgcn(self.adjacency, table, layers, self_weight)
         key = (table.device, table.dtype)  # GPU: copy the adjacency to the device once, not every step
