@@ -57,7 +57,8 @@ def merge(reports: list[dict]) -> dict:
                             if _DEPENDENCE[t] in value:
                                 dep[_DEPENDENCE[t]] = value[_DEPENDENCE[t]]
                         continue
-                    if task is not None and key in target and not _same(target[key], value):
+                    measured = key == task or key == f"{task}_users"  # not wall times or memory
+                    if measured and key in target and not _same(target[key], value):
                         raise ValueError(f"{name}/{label}: two reports disagree on {key}")
                     target.setdefault(key, value)
     return merged
