@@ -368,9 +368,10 @@ def test_item_head_is_the_vocabulary_head_at_eos_and_the_item_tokens(item_tokeni
 @pytest.mark.parametrize("template", [EVAL_TEMPLATE, 2])
 def test_causal_history_trains_every_prefix_exactly_as_inference_reads_it(item_tokenizer, template):
     """One training prompt of a causal_history model: its loss is the mean over prefixes k of
-    -log P(item k + 1 | items 1..k) as inference computes it from a prompt of that prefix alone
-    (the whole history for the last label, a prefix-only prompt for the others), with and without
-    the encoder's own padding; the encoder of the full prompt never lets an item see a later one."""
+    -log P(item k + 1 | items 1..k) exactly as inference computes it from a prompt of that prefix
+    alone (words after the history included: the decoder reads up to the last item either way),
+    with and without the encoder's own padding; the same with gradients (the training attention)
+    and close under bf16."""
     from elmrec.generation import item_log_probs
     from elmrec.prompts import target_text
     from elmrec.tokenization import encode_targets
@@ -393,11 +394,14 @@ def test_causal_history_trains_every_prefix_exactly_as_inference_reads_it(item_t
                 one = encode_prompts(item_tokenizer, [render(Sample(SEQUENTIAL, s.user, full[:k], full[k]), template, 5,
                                                             True)])
                 hidden, mask = model.encode(SEQUENTIAL, **one)
-                if k < len(s.items):  # words after the history are visible only to the last prefix
-                    ranks = model.history_ranks(one["input_ids"], mask.shape[1])
-                    mask = mask.masked_fill(ranks == 1 << 30, 0)
                 expected.append(-item_log_probs(model, hidden, mask)[0, full[k] - 1])
     torch.testing.assert_close(loss, torch.stack(expected).mean(), rtol=1e-5, atol=1e-5)
+    trained = model(SEQUENTIAL, **batch, labels=labels)  # with gradients: the training attention path
+    trained.backward()
+    torch.testing.assert_close(trained.detach(), loss, rtol=1e-5, atol=1e-5)
+    assert model.position_table.grad is not None and torch.isfinite(model.position_table.grad).all()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(model(SEQUENTIAL, **batch, labels=labels), loss, rtol=0.05, atol=0.05)
     # validation labels (the target alone) read the whole history
     with torch.no_grad():
         single = encode_targets(item_tokenizer, [f"item_{s.target}" for s in samples])

@@ -169,6 +169,9 @@ class ELMRec(nn.Module):
             ranks = self.history_ranks(input_ids, attention_mask.shape[1])
             allowed = attention_mask.bool()[:, None, :] & (ranks[:, None, :] <= ranks[:, :, None])
             encoder_mask = _additive(allowed, x.dtype)
+            # the decoder reads the history and what precedes it, never the words (or </s>) after
+            # it, which see the whole history: so a prefix is read the same in training and alone
+            attention_mask = attention_mask * (ranks != AFTER)
         hidden = self.t5.encoder(inputs_embeds=x, attention_mask=encoder_mask).last_hidden_state
         return hidden, attention_mask
 
@@ -221,8 +224,7 @@ class ELMRec(nn.Module):
         b, t = labels.shape
         n = ranks.masked_fill(ranks == AFTER, 0).amax(1, keepdim=True)
         prefix = n - real.sum(1, keepdim=True) + 1 + torch.arange(t, device=labels.device)
-        seen = (ranks[:, None, :] <= prefix[:, :, None]) | (prefix >= n)[:, :, None]
-        cross = _additive(mask.bool()[:, None, :] & seen, hidden.dtype)
+        cross = _additive(mask.bool()[:, None, :] & (ranks[:, None, :] <= prefix[:, :, None]), hidden.dtype)
         alone = _additive(torch.eye(t, dtype=torch.bool, device=labels.device).expand(b, t, t), hidden.dtype)
         # every step reads the start token; its embedding row enters as a constant (a gradient for
         # one row would cost a zero-filled gradient of the whole token table)
