@@ -154,7 +154,7 @@ def fresh_model(cfg: Config, dataset: Dataset, tokenizer_dir: Path | None = None
 
 
 class _Training:
-    """State of one run; methods are the steps of the loop in ``train``."""
+    """One run: its state, its steps and its loop (``fit``); ``train`` sets it up or resumes it."""
 
     def __init__(self, cfg: Config, dataset: Dataset, out_dir: Path, ctx: Context | None = None,
                  tokenizer_dir: Path | None = None):
@@ -333,6 +333,47 @@ class _Training:
         losses["mean"] = float(np.mean(list(losses.values()))) if losses else math.inf
         return losses
 
+    # --- the loop -----------------------------------------------------------------------------
+    def fit(self, progress: bool, echo, validate=None) -> str:
+        """Epochs until ``epochs``, early stopping or the budget (counted from now); after each:
+        validation, checkpoints (best/ when it improved, last/ always), then the log line. Returns
+        why it stopped."""
+        cfg, ctx = self.cfg, self.ctx
+        start = time.time() - self.elapsed
+        budget = cfg.train.budget_minutes
+        deadline = time.time() + 60 * budget if budget is not None else None
+        if self.epoch >= cfg.train.epochs or self.bad_epochs >= cfg.train.patience:
+            stop = "early_stopping" if self.bad_epochs >= cfg.train.patience else "max_epochs"
+            echo(f"nothing to do: the run already ended ({stop} after epoch {self.epoch}); "
+                 "raise --epochs or --patience")
+            return stop
+        while self.epoch < cfg.train.epochs:
+            train_stats, out_of_time = self.train_epoch(deadline, progress)
+            self.epoch += 1
+            valid = self.validation_loss()
+            improved = valid["mean"] < self.best
+            if improved:
+                self.best, self.bad_epochs = valid["mean"], 0
+            else:
+                self.bad_epochs += 1
+            self.elapsed = time.time() - start
+            record = {"epoch": self.epoch, "train": train_stats, "valid_loss": valid, "best": self.best,
+                      "elapsed_s": round(self.elapsed, 2), "lr": self.scheduler.get_last_lr()[0]}
+            if validate is not None and ctx.main:
+                record["valid_metrics"] = validate(self.model, self.tokenizer)
+            if improved:
+                self.save(BEST, with_state=False)
+            self.save(LAST, with_state=True)
+            self.log(record)  # after the checkpoint: a logged epoch is always a resumable one
+            ctx.barrier()  # no rank runs ahead of the checkpoint (a failure there stops the job here)
+            echo(f"epoch {self.epoch}: " + ", ".join(f"{t} {v['loss']:.4f}" for t, v in train_stats.items())
+                 + " | valid " + ", ".join(f"{t} {v:.4f}" for t, v in valid.items()) + (" *" if improved else ""))
+            if self.bad_epochs >= cfg.train.patience:
+                return "early_stopping"
+            if out_of_time:
+                return "budget"
+        return "max_epochs"
+
     # --- persistence --------------------------------------------------------------------------
     def save(self, name: str, with_state: bool) -> None:
         if not self.ctx.main:
@@ -409,41 +450,7 @@ def train(
             echo("validation loss of an item prior (training frequencies, prompt ignored): "
                  + ", ".join(f"{t} {v:.4f}" for t, v in prior.items())
                  + "; a model has to go below it to show that it reads its prompt")
-    start = time.time() - run.elapsed
-    budget = cfg.train.budget_minutes
-    deadline = time.time() + 60 * budget if budget is not None else None  # budget counts from now
-    stop = "max_epochs"
-    if run.bad_epochs >= cfg.train.patience:
-        stop = "early_stopping"
-    if run.epoch >= cfg.train.epochs or stop == "early_stopping":
-        echo(f"nothing to do: the run already ended ({stop} after epoch {run.epoch}); raise --epochs or --patience")
-    while run.epoch < cfg.train.epochs and stop != "early_stopping":
-        train_stats, out_of_time = run.train_epoch(deadline, progress)
-        run.epoch += 1
-        valid = run.validation_loss()
-        improved = valid["mean"] < run.best
-        if improved:
-            run.best, run.bad_epochs = valid["mean"], 0
-        else:
-            run.bad_epochs += 1
-        run.elapsed = time.time() - start
-        record = {"epoch": run.epoch, "train": train_stats, "valid_loss": valid, "best": run.best,
-                  "elapsed_s": round(run.elapsed, 2), "lr": run.scheduler.get_last_lr()[0]}
-        if validate is not None and ctx.main:
-            record["valid_metrics"] = validate(run.model, run.tokenizer)
-        if improved:
-            run.save(BEST, with_state=False)
-        run.save(LAST, with_state=True)
-        run.log(record)  # after the checkpoint: a logged epoch is always a resumable one
-        ctx.barrier()  # no rank runs ahead of the checkpoint (a failure there stops the job here)
-        echo(f"epoch {run.epoch}: " + ", ".join(f"{t} {v['loss']:.4f}" for t, v in train_stats.items())
-             + " | valid " + ", ".join(f"{t} {v:.4f}" for t, v in valid.items()) + (" *" if improved else ""))
-        if run.bad_epochs >= cfg.train.patience:
-            stop = "early_stopping"
-            break
-        if out_of_time:
-            stop = "budget"
-            break
+    stop = run.fit(progress, echo, validate)
     if not (out / BEST).is_dir():
         raise ValueError(f"{out}: no epoch gave a finite validation loss, so there is no best checkpoint")
     return {"epochs": run.epoch, "best_valid_loss": run.best, "stopped": stop,
