@@ -201,12 +201,15 @@ class ELMRec(nn.Module):
             return F.linear(self.head_states(states), self.t5.lm_head.weight.float())
 
     # --- causal history (item scheme, a departure): every prefix of a history trains at once ----
+    def is_item(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Item scheme: which prompt tokens are items (one token each, consecutive ids)."""
+        return (input_ids >= self.item_token_start) & (input_ids < self.item_token_start + self.n_items)
+
     def history_ranks(self, input_ids: torch.Tensor, length: int) -> torch.Tensor:
         """(B, length) where each token of a sequential prompt sits in its history: k for the k-th
         history item, 0 before the first (soft prompts, words, the user), ``AFTER`` past the last
         (words, </s>, padding). ``length``: the prompt with its soft prompts (counted as 0)."""
-        start = self.item_token_start
-        is_item = (input_ids >= start) & (input_ids < start + self.n_items)
+        is_item = self.is_item(input_ids)
         count = is_item.cumsum(1)
         ranks = torch.where(~is_item & (count == count[:, -1:]) & (count > 0), AFTER, count)
         return F.pad(ranks, (length - ranks.shape[1], 0))
@@ -261,9 +264,8 @@ class ELMRec(nn.Module):
 
     def listed_items(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, 1 + n_items) bool: the items a prompt names, in ``item_logits``' columns."""
-        start = self.item_token_start
-        is_item = (input_ids >= start) & (input_ids < start + self.n_items)
-        columns = torch.where(is_item, input_ids - start + 1, 0)
+        is_item = self.is_item(input_ids)
+        columns = torch.where(is_item, input_ids - self.item_token_start + 1, 0)
         listed = torch.zeros(input_ids.shape[0], self.n_items + 1, dtype=torch.bool, device=input_ids.device)
         listed.scatter_(1, columns, True)
         listed[:, 0] = False
