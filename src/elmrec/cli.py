@@ -394,8 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     tune_cpu()
+    clean = False
     try:
-        return args.func(args)
+        code = args.func(args)
+        clean = code == 0
+        return code
     except (DataError, OSError, ValueError, KeyError, FloatingPointError, MemoryError) as e:
         if args.traceback:
             raise
@@ -407,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        distributed.shutdown()
+        distributed.shutdown(clean)
 
 
 if __name__ == "__main__":

@@ -118,8 +118,13 @@ def device_for(ctx: Context, requested: str) -> str:
     return requested
 
 
-def shutdown() -> None:
+def shutdown(clean: bool) -> None:
+    """End the process group. After a clean run every rank first waits for the others, so none
+    tears its connections down while a peer still works (a rank that left early once aborted in
+    gloo's teardown); after an error it does not wait: torchrun stops the other ranks."""
     if dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 
