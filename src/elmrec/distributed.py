@@ -120,7 +120,8 @@ def device_for(ctx: Context, requested: str) -> str:
 
 def shutdown(clean: bool) -> None:
     """End the process group. After a clean run every rank first waits for the others, so none
-    tears its connections down while a peer still works; after an error it does not wait: torchrun stops the other ranks."""
+    tears its connections down while a peer still works; after an error it does not wait
+    (torchrun stops the other ranks)."""
     if dist.is_initialized():
         if clean:
             dist.barrier()
