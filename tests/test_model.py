@@ -264,6 +264,17 @@ def test_repeated_items_get_the_index_of_each_mention_and_new_users_no_graph_nod
     assert p.spans[:, 2].tolist() == [0, 18]  # user 11 is outside the 10-user graph
 
 
+def test_without_the_sequential_user_a_sequential_prompt_names_the_unseen_user_only():
+    seq = Sample(SEQUENTIAL, 3, (8, 9), 1)
+    for incremental in (True, False):
+        p = render(seq, 1, 10, incremental, sequential_user=False)
+        assert "user_0" in p.text and "user_3" not in p.text
+        assert p.spans[0, 2] == (1 if incremental else 0)  # no graph node: user 0 is nobody
+        assert p.spans[1:].tolist() == render(seq, 1, 10, incremental).spans[1:].tolist()
+    direct = Sample(DIRECT, 3, (8, 9), 8)
+    assert "user_3" in render(direct, 1, 10, True, sequential_user=False).text
+
+
 @pytest.mark.parametrize("switch", ["use_graph", "use_incremental", "use_soft_prompts"])
 def test_every_ablation_checkpoints_after_inference(tokenizer, tmp_path, switch):
     # regression: without propagation the cached table was graph_table itself, got registered as

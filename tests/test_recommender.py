@@ -294,8 +294,8 @@ def test_trained_model_depends_on_the_user_and_the_cli_reports_it(trained_checkp
 
 def test_a_checkpoint_older_than_a_model_field_reads_it_as_trained(trained_checkpoint, tmp_path):
     """Fields added after a checkpoint was written (the id scheme, every-prefix training, the direct
-    loss) read as what that checkpoint was trained with, whatever today's defaults are; the
-    model's and the run's configuration agree."""
+    loss, the user in sequential prompts, the graph head) read as what that checkpoint was trained
+    with, whatever today's defaults are; the model's and the run's configuration agree."""
     import shutil
 
     from elmrec import checkpoint
@@ -304,14 +304,38 @@ def test_a_checkpoint_older_than_a_model_field_reads_it_as_trained(trained_check
     shutil.copytree(trained_checkpoint, old)
     for name in (checkpoint.MODEL_CONFIG_FILE, checkpoint.RUN_CONFIG_FILE):
         raw = json.loads((old / name).read_text())
-        for field in ("causal_history", "direct_loss"):
+        for field in ("causal_history", "direct_loss", "sequential_user", "graph_head"):
             raw["model"].pop(field)
         (old / name).write_text(json.dumps(raw))
     rec = Recommender.from_pretrained(old)
     for cfg in (rec.model.config, rec.run.model):
-        assert (cfg.causal_history, cfg.direct_loss, cfg.id_tokens) == (False, "items", "item")
+        assert (cfg.causal_history, cfg.direct_loss, cfg.sequential_user, cfg.graph_head, cfg.id_tokens) == (
+            False, "items", True, False, "item")
     # what a checkpoint older than each field was trained with, whatever the defaults become
     legacy = checkpoint.stored_model_config({})
-    assert {k: legacy[k] for k in ("id_tokens", "causal_history", "direct_loss")} == {
-        "id_tokens": "digits", "causal_history": False, "direct_loss": "items"}
+    assert legacy == {"id_tokens": "digits", "causal_history": False, "direct_loss": "items",
+                      "sequential_user": True, "graph_head": False}
     assert checkpoint.stored_model_config({"causal_history": True})["causal_history"] is True  # stored wins
+
+
+def test_a_model_without_the_sequential_user_scores_a_history_the_same_for_every_user(trained_checkpoint, tmp_path):
+    """``sequential_user`` reaches inference from the checkpoint: the same weights read two users
+    with one history alike once the switch is off, and tell them apart with it on."""
+    import shutil
+
+    from elmrec import checkpoint
+
+    history = [np.array([3, 4, 5])] * 2
+    users = np.array([1, 2])
+    rows = Recommender.from_pretrained(trained_checkpoint, device="cpu").score_all(users, history)
+    assert not np.allclose(rows[0], rows[1])
+    anonymous = tmp_path / "anonymous"
+    shutil.copytree(trained_checkpoint, anonymous)
+    for name in (checkpoint.MODEL_CONFIG_FILE, checkpoint.RUN_CONFIG_FILE):
+        raw = json.loads((anonymous / name).read_text())
+        raw["model"]["sequential_user"] = False
+        (anonymous / name).write_text(json.dumps(raw))
+    rec = Recommender.from_pretrained(anonymous, device="cpu")
+    assert rec.model.config.sequential_user is False
+    rows = rec.score_all(users, history)
+    np.testing.assert_allclose(rows[0], rows[1], rtol=1e-5)

@@ -534,10 +534,43 @@ def test_direct_candidate_loss_is_the_cross_entropy_over_the_listed_items():
     torch.testing.assert_close(everything, -(logp[0, 6] + logp[1, 0]) / 2, rtol=1e-5, atol=1e-5)
 
 
+def test_a_graph_head_scores_an_item_by_its_token_and_graph_embeddings_and_trains_the_graph():
+    from elmrec.generation import item_log_probs
+    from elmrec.model import build_model
+    from elmrec.prompts import render
+    from elmrec.tasks import DIRECT, SEQUENTIAL, Sample
+    from elmrec.tokenization import add_id_tokens, build_tokenizer, encode_prompts, encode_targets, item_token_start
+
+    tok = add_id_tokens(build_tokenizer(), 5, 12)
+    cfg = _cfg(size="tiny", dropout=0.0, graph_head=True, graph_alpha=2.0).model
+    model = build_model(cfg, 5, 12, np.array([1, 2, 3]), np.array([1, 3, 5]), len(tok), 0, item_token_start(tok, 12))
+    model.eval()
+    batch = encode_prompts(tok, [render(Sample(DIRECT, 2, (3, 7, 11), 7), 1, 5, True)])
+    with torch.no_grad():
+        hidden, mask = model.encode(DIRECT, **batch)
+        logp = item_log_probs(model, hidden, mask)
+        start = torch.full((1, 1), model.t5.config.decoder_start_token_id)
+        state = model.head_states(model.t5.decoder(input_ids=start, encoder_hidden_states=hidden,
+                                                   encoder_attention_mask=mask).last_hidden_state[:, -1])
+        graph = model.graph_embeddings()
+    rows = torch.cat([model.t5.lm_head.weight[[tok.eos_token_id]],
+                      model.t5.lm_head.weight[item_token_start(tok, 12) : item_token_start(tok, 12) + 12]
+                      + 2.0 * graph[6:18]])
+    torch.testing.assert_close(logp, (state @ rows.T).log_softmax(-1)[:, 1:], rtol=1e-5, atol=1e-5)
+    # the output reaches the graph table: through the items' rows even where the input does not
+    # (sequential prompts use incremental whole-word embeddings)
+    model.train()
+    seq = encode_prompts(tok, [render(Sample(SEQUENTIAL, 2, (3, 7), 11), 1, 5, True)])
+    labels = encode_targets(tok, ["item_11"])
+    model(SEQUENTIAL, **seq, labels=labels.masked_fill(labels == tok.eos_token_id, -100)).backward()
+    assert model.graph_table.grad is not None and model.graph_table.grad[6:18].abs().sum() > 0
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(id_tokens="digits", causal_history=True), "causal_history needs"),
     (dict(causal_history=True, seq_targets=5), "causal_history needs"),
     (dict(id_tokens="digits", direct_loss="candidates"), "direct_loss 'candidates' needs"),
+    (dict(id_tokens="digits", graph_head=True), "graph_head needs"),
 ])
 def test_item_scheme_training_options_are_refused_with_digits(fields, message):
     with pytest.raises(ValueError, match=message):

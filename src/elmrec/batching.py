@@ -39,7 +39,8 @@ def make_batch(
     cfg: Config, device: torch.device,
 ) -> Batch:
     task = samples[0].task
-    prompts = [render(s, t, n_users, cfg.model.use_incremental) for s, t in zip(samples, templates)]
+    m = cfg.model
+    prompts = [render(s, t, n_users, m.use_incremental, m.sequential_user) for s, t in zip(samples, templates)]
     max_tokens = cfg.train.max_explanation_tokens + 1 if task == T.EXPLANATION else None
     labels = encode_targets(tokenizer, [target_text(s, cfg.model.id_tokens) for s in samples], max_tokens, device)
     if cfg.model.id_tokens == "item" and task != T.EXPLANATION:

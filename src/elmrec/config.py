@@ -50,6 +50,14 @@ class ModelConfig:
     # the direct task's training softmax (item scheme): over every item, as generation's (the
     # paper's), or over the prompt's candidates only, the ranking that evaluation reads (a departure)
     direct_loss: typing.Literal["items", "candidates"] = "items"
+    # False (a departure): sequential prompts name user_0, the unseen user, instead of the user, so
+    # the model reads the history alone and cannot memorise a user's training items in the user's
+    # own id (which every-prefix training otherwise does, while the held-out item is new)
+    sequential_user: bool = True
+    # departure (item scheme): an item's output row is its token embedding plus its graph-aware
+    # whole-word embedding (the input's, tied as T5 ties token embeddings), so a user's graph
+    # vector scores items by the training graph from the first step
+    graph_head: bool = False
     dropout: float = 0.1  # T5 hidden-state dropout
     # dropout on attention probabilities (T5 ties it to `dropout`); 0 keeps a (B, H, L, L) mask
     # per layer out of training (docs/performance.md)
@@ -182,6 +190,8 @@ def _validate(data: dict) -> Config:
     if cfg.model.causal_history and (cfg.model.id_tokens != "item" or cfg.train.seq_targets > 1):
         problems.append("model.causal_history needs model.id_tokens 'item' (one decoder step per prefix) and "
                         "train.seq_targets 1 (it trains every prefix's next item already)")
+    if cfg.model.graph_head and cfg.model.id_tokens != "item":
+        problems.append("model.graph_head needs model.id_tokens 'item' (one output row per item)")
     if cfg.model.direct_loss == "candidates" and cfg.model.id_tokens != "item":
         problems.append("model.direct_loss 'candidates' needs model.id_tokens 'item' (one output row per item)")
     if cfg.eval.direct_decode == "beam" and cfg.model.id_tokens == "item":

@@ -137,7 +137,14 @@ class ELMRec(nn.Module):
         return super().train(mode)
 
     def uses_graph(self, task: str) -> bool:
+        """Whether the task's whole-word embeddings are the graph's (not the incremental ones)."""
         return not (task == SEQUENTIAL and self.config.use_incremental)
+
+    def needs_graph(self, task: str) -> bool:
+        """Whether a forward pass of the task reads the graph embeddings: its whole-word embeddings
+        or, with ``graph_head``, its item outputs."""
+        item_output = self.config.graph_head and self.item_token_start is not None and task != EXPLANATION
+        return self.uses_graph(task) or item_output
 
     def whole_word(self, task: str, whole_word: torch.Tensor, graph: torch.Tensor | None = None) -> torch.Tensor:
         """alpha * whole-word embedding of every token; index 0 contributes nothing. ``graph``: the
@@ -215,7 +222,8 @@ class ELMRec(nn.Module):
         return F.pad(ranks, (length - ranks.shape[1], 0))
 
     def _prefix_loss(
-        self, input_ids: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+        self, input_ids: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+        graph: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean cross-entropy of the next item after every prefix of the history. The j-th of a
         row's t labels follows the prefix of n - t + 1 + j items (n: the row's history), so labels
@@ -235,18 +243,26 @@ class ELMRec(nn.Module):
         states = self.t5.decoder(inputs_embeds=start.expand(b, t, -1), attention_mask=alone,
                                  encoder_hidden_states=hidden, encoder_attention_mask=cross,
                                  use_cache=False).last_hidden_state
-        return F.cross_entropy(self.item_logits(states[real]), labels[real] - self.item_token_start + 1)
+        return F.cross_entropy(self.item_logits(states[real], graph), labels[real] - self.item_token_start + 1)
 
     # --- item scheme: the output is an item (or </s>) --------------------------------------------
-    def item_logits(self, states: torch.Tensor) -> torch.Tensor:
+    def item_logits(self, states: torch.Tensor, graph: torch.Tensor | None = None) -> torch.Tensor:
         """(.., 1 + n_items) fp32 logits of </s> and every item: the softmax of an item task runs
         over what it can output (a vocabulary of users, words and items is 3.5x larger on Beauty),
-        which is constrained decoding and the cheaper half of the training step."""
+        which is constrained decoding and the cheaper half of the training step. With
+        ``graph_head`` an item's output row is its whole input embedding, token plus graph-aware
+        whole-word part (``graph``: the propagated table, when the caller has it)."""
         with torch.autocast(states.device.type, enabled=False):
-            return F.linear(self.head_states(states), self.t5.lm_head.weight[self.item_rows].float())
+            weight = self.t5.lm_head.weight[self.item_rows].float()
+            if self.config.graph_head:
+                table = self.graph_embeddings() if graph is None else graph
+                items = table[self.n_users + 1 : self.n_users + self.n_items + 1].float()
+                weight = weight + self.config.graph_alpha * F.pad(items, (0, 0, 1, 0))  # </s>: none
+            return F.linear(self.head_states(states), weight)
 
     def _item_task_loss(
-        self, task: str, input_ids: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+        self, task: str, input_ids: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+        graph: torch.Tensor | None = None,
     ) -> torch.Tensor:
         states = self.t5.decoder(
             input_ids=self.t5._shift_right(labels), encoder_hidden_states=hidden, encoder_attention_mask=mask,
@@ -256,7 +272,7 @@ class ELMRec(nn.Module):
         # vocabulary id -> output row: </s> -> 0, item k -> k
         real = labels != -100
         target = torch.where(labels == self.t5.config.eos_token_id, 0, labels - self.item_token_start + 1)
-        logits = self.item_logits(states[real])
+        logits = self.item_logits(states[real], graph)
         if task == DIRECT and self.config.direct_loss == "candidates":
             listed = self.listed_items(input_ids)
             logits = logits.masked_fill(~listed[:, None].expand(-1, labels.shape[1], -1)[real], float("-inf"))
@@ -277,11 +293,13 @@ class ELMRec(nn.Module):
     ) -> torch.Tensor:
         """Mean token cross-entropy of the targets (labels padded with -100); in the item scheme an
         item task's softmax runs over </s> and the items only (``item_logits``)."""
+        if graph is None and self.needs_graph(task):  # propagated once for the input and the output
+            graph = self.graph_embeddings()
         hidden, mask = self.encode(task, input_ids, attention_mask, whole_word, graph)
         if self.config.causal_history and task == SEQUENTIAL:
-            return self._prefix_loss(input_ids, hidden, mask, labels)
+            return self._prefix_loss(input_ids, hidden, mask, labels, graph)
         if self.item_token_start is not None and task != EXPLANATION:
-            return self._item_task_loss(task, input_ids, hidden, mask, labels)
+            return self._item_task_loss(task, input_ids, hidden, mask, labels, graph)
         return self.t5(encoder_outputs=(hidden,), attention_mask=mask, labels=labels).loss
 
     # --- checkpoints ---------------------------------------------------------------------------

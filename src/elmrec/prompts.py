@@ -48,10 +48,12 @@ class Prompt:
     spans: np.ndarray  # (n_ids, 3): char start, char end (exclusive), whole-word index
 
 
-def render(sample: Sample, template: int, n_users: int, incremental: bool) -> Prompt:
-    """Write the sample into a template, recording the span and whole-word index of every id."""
+def render(sample: Sample, template: int, n_users: int, incremental: bool, sequential_user: bool = True) -> Prompt:
+    """Write the sample into a template, recording the span and whole-word index of every id.
+    ``sequential_user`` False: a sequential prompt names ``user_0`` (the unseen user)."""
     if sample.task == SEQUENTIAL:
-        fields = {"user": [("user", sample.user)], "history": [("item", i) for i in sample.items]}
+        user = sample.user if sequential_user else 0
+        fields = {"user": [("user", user)], "history": [("item", i) for i in sample.items]}
     elif sample.task == DIRECT:
         fields = {"user": [("user", sample.user)], "candidates": [("item", i) for i in sample.items]}
     else:

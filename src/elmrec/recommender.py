@@ -117,7 +117,8 @@ class Recommender:
         return self._trie
 
     def _encode(self, samples: list[Sample]):
-        prompts = [render(s, EVAL_TEMPLATE, self.n_users, self.model.config.use_incremental) for s in samples]
+        prompts = [render(s, EVAL_TEMPLATE, self.n_users, self.model.config.use_incremental,
+                          self.model.config.sequential_user) for s in samples]
         batch = encode_prompts(self.tokenizer, prompts, self.device)
         with torch.no_grad():
             return self.model.encode(samples[0].task, **batch)

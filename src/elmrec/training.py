@@ -109,7 +109,7 @@ def forward_backward(
         raise ValueError(f"a {batch.task} batch without target tokens")
     parts = list(chunks(batch, micro_batch_size, length_groups))
     graph = shared = None
-    if len(parts) > 1 and model.uses_graph(batch.task):
+    if len(parts) > 1 and model.needs_graph(batch.task):
         graph = model.graph_embeddings()
         shared = graph.detach().requires_grad_(graph.requires_grad)
     total = torch.zeros((), device=batch.labels.device)
