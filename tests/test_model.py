@@ -376,19 +376,24 @@ def test_item_head_is_the_vocabulary_head_at_eos_and_the_item_tokens(item_tokeni
     assert "item_rows" not in model.state_dict()  # derived from the tokenizer, not a weight
 
 
-@pytest.mark.parametrize("template", [EVAL_TEMPLATE, 2])
-def test_causal_history_trains_every_prefix_exactly_as_inference_reads_it(item_tokenizer, template):
+@pytest.mark.parametrize("template, last_item_start", [(EVAL_TEMPLATE, False), (2, False), (EVAL_TEMPLATE, True),
+                                                      (2, True)])
+def test_causal_history_trains_every_prefix_exactly_as_inference_reads_it(item_tokenizer, template, last_item_start):
     """One training prompt of a causal_history model: its loss is the mean over prefixes k of
     -log P(item k + 1 | items 1..k) exactly as inference computes it from a prompt of that prefix
     alone (words after the history included: the decoder reads up to the last item either way),
     with and without the encoder's own padding; the same with gradients (the training attention)
-    and close under bf16."""
+    and close under bf16. With ``last_item_start`` the decoder starts from item k, also in training."""
     from elmrec.generation import item_log_probs
     from elmrec.prompts import target_text
     from elmrec.tokenization import encode_targets
 
-    model = _tiny_model(item_tokenizer, causal_history=True, dropout=0.0)
+    model = _tiny_model(item_tokenizer, causal_history=True, dropout=0.0, last_item_start=last_item_start)
     model.eval()
+
+    def starts(last_items):
+        return model.decoder_start(SEQUENTIAL, torch.tensor(last_items))
+
     samples = [Sample(SEQUENTIAL, 2, (3, 7, 11, 5), 9, prefixes=True), Sample(SEQUENTIAL, 4, (12, 1), 6, prefixes=True)]
     assert target_text(samples[0], "item") == "item_7 item_11 item_5 item_9"
     batch = encode_prompts(item_tokenizer, [render(s, template, 5, True) for s in samples])
@@ -405,7 +410,7 @@ def test_causal_history_trains_every_prefix_exactly_as_inference_reads_it(item_t
                 one = encode_prompts(item_tokenizer, [render(Sample(SEQUENTIAL, s.user, full[:k], full[k]), template, 5,
                                                             True)])
                 hidden, mask = model.encode(SEQUENTIAL, **one)
-                expected.append(-item_log_probs(model, hidden, mask)[0, full[k] - 1])
+                expected.append(-item_log_probs(model, hidden, mask, starts([full[k - 1]]))[0, full[k] - 1])
     torch.testing.assert_close(loss, torch.stack(expected).mean(), rtol=1e-5, atol=1e-5)
     trained = model(SEQUENTIAL, **batch, labels=labels)  # with gradients: the training attention path
     trained.backward()
@@ -419,5 +424,7 @@ def test_causal_history_trains_every_prefix_exactly_as_inference_reads_it(item_t
         single = single.masked_fill(single == item_tokenizer.eos_token_id, -100)
         last = model(SEQUENTIAL, **batch, labels=single)
         hidden, mask = model.encode(SEQUENTIAL, **batch)
-        logp = item_log_probs(model, hidden, mask)
+        logp = item_log_probs(model, hidden, mask, starts([5, 1]))
     torch.testing.assert_close(last, -(logp[0, 8] + logp[1, 5]) / 2, rtol=1e-5, atol=1e-5)
+    if last_item_start:  # the start differs: the test reads what the option changes
+        assert not torch.allclose(logp, item_log_probs(model, hidden, mask))

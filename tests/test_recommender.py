@@ -304,7 +304,7 @@ def test_a_checkpoint_older_than_a_model_field_reads_it_as_trained(trained_check
     shutil.copytree(trained_checkpoint, old)
     for name in (checkpoint.MODEL_CONFIG_FILE, checkpoint.RUN_CONFIG_FILE):
         raw = json.loads((old / name).read_text())
-        for field in ("causal_history", "direct_loss", "sequential_user", "graph_head"):
+        for field in ("causal_history", "direct_loss", "sequential_user", "graph_head", "last_item_start"):
             raw["model"].pop(field)
         (old / name).write_text(json.dumps(raw))
     rec = Recommender.from_pretrained(old)
@@ -314,7 +314,8 @@ def test_a_checkpoint_older_than_a_model_field_reads_it_as_trained(trained_check
     # what a checkpoint older than each field was trained with, whatever the defaults become
     legacy = checkpoint.stored_model_config({})
     assert legacy == {"id_tokens": "digits", "causal_history": False, "direct_loss": "items",
-                      "sequential_user": True, "graph_head": False}
+                      "sequential_user": True, "graph_head": False,
+                      "last_item_start": False}
     assert checkpoint.stored_model_config({"causal_history": True})["causal_history"] is True  # stored wins
 
 

@@ -571,6 +571,7 @@ def test_a_graph_head_scores_an_item_by_its_token_and_graph_embeddings_and_train
     (dict(causal_history=True, seq_targets=5), "causal_history needs"),
     (dict(id_tokens="digits", direct_loss="candidates"), "direct_loss 'candidates' needs"),
     (dict(id_tokens="digits", graph_head=True), "graph_head needs"),
+    (dict(last_item_start=True), "last_item_start needs"),
 ])
 def test_item_scheme_training_options_are_refused_with_digits(fields, message):
     with pytest.raises(ValueError, match=message):

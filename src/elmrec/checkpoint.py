@@ -32,7 +32,8 @@ DATAMAPS_FILE, STATE_FILE = "datamaps.json", "training_state.pt"
 # model fields added after checkpoints were first written, with the value those checkpoints were
 # trained with (a field's default today may differ)
 LEGACY_MODEL_FIELDS = {"id_tokens": "digits", "causal_history": False, "direct_loss": "items",
-                       "sequential_user": True, "graph_head": False}
+                       "sequential_user": True, "graph_head": False,
+                       "last_item_start": False}
 
 
 def stored_model_config(fields: dict) -> dict:

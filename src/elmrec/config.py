@@ -58,6 +58,10 @@ class ModelConfig:
     # whole-word embedding (the input's, tied as T5 ties token embeddings), so a user's graph
     # vector scores items by the training graph from the first step
     graph_head: bool = False
+    # departure (causal_history): the decoder's first input for a sequential prompt is the token of
+    # the history's latest item instead of T5's start token, so the step that predicts the next
+    # item knows which item came last (T5's cross-attention has no positions to find it by)
+    last_item_start: bool = False
     dropout: float = 0.1  # T5 hidden-state dropout
     # dropout on attention probabilities (T5 ties it to `dropout`); 0 keeps a (B, H, L, L) mask
     # per layer out of training (docs/performance.md)
@@ -190,6 +194,8 @@ def _validate(data: dict) -> Config:
     if cfg.model.causal_history and (cfg.model.id_tokens != "item" or cfg.train.seq_targets > 1):
         problems.append("model.causal_history needs model.id_tokens 'item' (one decoder step per prefix) and "
                         "train.seq_targets 1 (it trains every prefix's next item already)")
+    if cfg.model.last_item_start and not cfg.model.causal_history:
+        problems.append("model.last_item_start needs model.causal_history (the path that trains it)")
     if cfg.model.graph_head and cfg.model.id_tokens != "item":
         problems.append("model.graph_head needs model.id_tokens 'item' (one output row per item)")
     if cfg.model.direct_loss == "candidates" and cfg.model.id_tokens != "item":

@@ -133,11 +133,17 @@ def beam_search(
 
 
 @torch.no_grad()
-def item_log_probs(model: ELMRec, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def item_log_probs(
+    model: ELMRec, hidden: torch.Tensor, mask: torch.Tensor, start: torch.Tensor | None = None
+) -> torch.Tensor:
     """Item scheme: (B, n_items) fp32 log P(item k + 1 | prompt) of the first decoded token, over the
     outputs the model trains on (``ELMRec.item_logits``): the exact ranking of all items, and of any
-    candidates, in one decoder step."""
-    start = _start(hidden.shape[0], hidden.device, model.t5.config.decoder_start_token_id)
+    candidates, in one decoder step. ``start``: (B,) first decoder inputs (``ELMRec.decoder_start``;
+    default T5's start token)."""
+    if start is None:
+        start = _start(hidden.shape[0], hidden.device, model.t5.config.decoder_start_token_id)
+    else:
+        start = start[:, None]
     states = model.t5.decoder(input_ids=start, encoder_hidden_states=hidden, encoder_attention_mask=mask,
                               use_cache=False).last_hidden_state
     return model.item_logits(states[:, -1]).log_softmax(-1)[:, 1:]

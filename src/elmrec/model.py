@@ -208,6 +208,15 @@ class ELMRec(nn.Module):
             return F.linear(self.head_states(states), self.t5.lm_head.weight.float())
 
     # --- causal history (item scheme, a departure): every prefix of a history trains at once ----
+    def decoder_start(self, task: str, last_items: torch.Tensor) -> torch.Tensor:
+        """(B,) the first decoder input: T5's start token or, for sequential prompts of a
+        ``last_item_start`` model, the token of the history's latest item (``last_items``, 0: an
+        empty history, which keeps the start token)."""
+        start = torch.full_like(last_items, self.t5.config.decoder_start_token_id)
+        if not (self.config.last_item_start and task == SEQUENTIAL):
+            return start
+        return torch.where(last_items > 0, last_items + self.item_token_start - 1, start)
+
     def is_item(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Item scheme: which prompt tokens are items (one token each, consecutive ids)."""
         return (input_ids >= self.item_token_start) & (input_ids < self.item_token_start + self.n_items)
@@ -237,10 +246,15 @@ class ELMRec(nn.Module):
         prefix = n - real.sum(1, keepdim=True) + 1 + torch.arange(t, device=labels.device)
         cross = _additive(mask.bool()[:, None, :] & (ranks[:, None, :] <= prefix[:, :, None]), hidden.dtype)
         alone = _additive(torch.eye(t, dtype=torch.bool, device=labels.device).expand(b, t, t), hidden.dtype)
-        # every step reads the start token; its embedding row enters as a constant (a gradient for
-        # one row would cost a zero-filled gradient of the whole token table)
-        start = self.t5.shared.weight[self.t5.config.decoder_start_token_id].detach()
-        states = self.t5.decoder(inputs_embeds=start.expand(b, t, -1), attention_mask=alone,
+        if self.config.last_item_start:  # step j reads its prefix's latest item
+            is_item = self.is_item(input_ids)
+            by_rank = torch.zeros_like(input_ids[:, : n.max() + 1])
+            by_rank.scatter_(1, torch.where(is_item, is_item.cumsum(1), 0), torch.where(is_item, input_ids, 0))
+            steps = self.t5.shared(by_rank.gather(1, prefix.clamp(0, by_rank.shape[1] - 1)))
+        else:  # every step reads the start token; its embedding row enters as a constant (a
+            # gradient for one row would cost a zero-filled gradient of the whole token table)
+            steps = self.t5.shared.weight[self.t5.config.decoder_start_token_id].detach().expand(b, t, -1)
+        states = self.t5.decoder(inputs_embeds=steps, attention_mask=alone,
                                  encoder_hidden_states=hidden, encoder_attention_mask=cross,
                                  use_cache=False).last_hidden_state
         return F.cross_entropy(self.item_logits(states[real], graph), labels[real] - self.item_token_start + 1)

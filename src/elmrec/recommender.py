@@ -169,7 +169,9 @@ class Recommender:
         for rows in self._batches(samples):
             with self._autocast():
                 hidden, mask = self._encode([samples[r] for r in rows])
-                out[rows, 1:] = item_log_probs(self.model, hidden, mask).cpu().numpy()
+                last = torch.tensor([samples[r].items[-1] if samples[r].items else 0 for r in rows], device=self.device)
+                start = self.model.decoder_start(SEQUENTIAL, last)
+                out[rows, 1:] = item_log_probs(self.model, hidden, mask, start).cpu().numpy()
         return out
 
     def _n_generated(self) -> int:
