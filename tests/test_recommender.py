@@ -340,3 +340,32 @@ def test_a_model_without_the_sequential_user_scores_a_history_the_same_for_every
     assert rec.model.config.sequential_user is False
     rows = rec.score_all(users, history)
     np.testing.assert_allclose(rows[0], rows[1], rtol=1e-5)
+
+
+def test_a_last_item_start_checkpoint_ranks_from_the_latest_item(trained_checkpoint, tmp_path):
+    """``last_item_start`` reaches inference: the recommender's row is the first decoder step from
+    the history's latest item, computed by hand, not the step from T5's start token."""
+    import shutil
+
+    from elmrec import checkpoint
+    from elmrec.generation import item_log_probs
+    from elmrec.prompts import EVAL_TEMPLATE, render
+    from elmrec.tasks import SEQUENTIAL, Sample
+    from elmrec.tokenization import encode_prompts
+
+    moved = tmp_path / "last"
+    shutil.copytree(trained_checkpoint, moved)
+    for name in (checkpoint.MODEL_CONFIG_FILE, checkpoint.RUN_CONFIG_FILE):
+        raw = json.loads((moved / name).read_text())
+        raw["model"].update(causal_history=True, last_item_start=True)
+        (moved / name).write_text(json.dumps(raw))
+    rec = Recommender.from_pretrained(moved, device="cpu", rerank=False)
+    got = rec.score_all(np.array([2]), [np.array([3, 4, 5])])[0, 1:]
+    model, tok = rec.model, rec.tokenizer
+    batch = encode_prompts(tok, [render(Sample(SEQUENTIAL, 2, (3, 4, 5), 0), EVAL_TEMPLATE, rec.n_users, True)])
+    with torch.no_grad():
+        hidden, mask = model.encode(SEQUENTIAL, **batch)
+        by_hand = item_log_probs(model, hidden, mask, torch.tensor([tok.convert_tokens_to_ids("item_5")]))[0]
+        from_start = item_log_probs(model, hidden, mask)[0]
+    np.testing.assert_allclose(got, by_hand.numpy(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got, from_start.numpy(), atol=1e-3)
