@@ -47,6 +47,8 @@ ABLATIONS = {
     "digits": {"id_tokens": "digits", "seq_targets": 1},  # continuations are for one-token ids
 }
 BASELINE_ROWS = ("popularity", "cooccurrence", "id-shortcut")
+# rows that re-evaluate the elmrec checkpoint: without reranking; direct read from the sequential prompt
+DERIVED_ROWS = ("no-rerank", "seq-direct")
 
 
 def commit() -> str:
@@ -160,7 +162,7 @@ def run(args: argparse.Namespace, save) -> dict:
             score(baseline, BASELINES[baseline](dataset))
             probe(baseline, BASELINES[baseline](dataset))
         for row in rows:
-            if row == "no-rerank":
+            if row in DERIVED_ROWS:
                 continue
             t0 = time.time()
             if row == "sasrec":
@@ -184,6 +186,11 @@ def run(args: argparse.Namespace, save) -> dict:
                 plain = Recommender.from_pretrained(run_dir / "best", device=args.device, rerank=False,
                                                     extra_candidates=0)
                 score("no-rerank", plain, tasks=("sequential",), exclude_history=False)
+            if row == "elmrec" and "seq-direct" in rows and "sequential" in eval_tasks:
+                # the same checkpoint on the direct protocol, its candidates read from the
+                # sequential prompt's row (the user's history), as SASRec's direct row is
+                seq = Recommender.from_pretrained(run_dir / "best", device=args.device, direct_decode="sequential")
+                score("seq-direct", seq, tasks=("direct",))
     return report
 
 
@@ -272,7 +279,8 @@ def main(argv=None) -> int:
     p.add_argument("--reindex", choices=("p5", "random", "both"), default="both")
     p.add_argument("--parallel", action="store_true",
                    help="with --reindex both: run the two indexings at once, one process each")
-    p.add_argument("--rows", default="sasrec,elmrec,no-graph,no-incremental,no-rerank,no-soft-prompts,digits")
+    p.add_argument("--rows",
+                   default="sasrec,elmrec,no-graph,no-incremental,no-rerank,seq-direct,no-soft-prompts,digits")
     p.add_argument("--seed", type=int, default=2024, help="seed of every trained row")
     p.add_argument("--valid-users", type=int, default=2000)
     p.add_argument("--eval-users", type=int, help="evaluate a fixed random subset (default: all users)")
@@ -297,9 +305,9 @@ def main(argv=None) -> int:
         p.error(str(e))
     if not args.eval_tasks or set(args.eval_tasks.split(",")) - set(TASKS):
         p.error(f"--eval-tasks: a comma-separated subset of {TASKS}, got {args.eval_tasks!r}")
-    unknown = set(args.rows.split(",")) - set(ABLATIONS) - {"no-rerank", "sasrec"}
+    unknown = set(args.rows.split(",")) - set(ABLATIONS) - {*DERIVED_ROWS, "sasrec"}
     if unknown:
-        p.error(f"unknown rows {sorted(unknown)}; choose from {sorted(ABLATIONS) + ['no-rerank', 'sasrec']}")
+        p.error(f"unknown rows {sorted(unknown)}; choose from {sorted(ABLATIONS) + [*DERIVED_ROWS, 'sasrec']}")
     path = Path(args.output or Path(args.out) / "report.json")
     t0 = time.time()
 

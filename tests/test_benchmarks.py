@@ -143,12 +143,13 @@ def test_beauty_benchmark_pipeline_runs_on_tiny_data(synthetic_dir, tmp_path, ca
     assert report["machine"]["cpu"] and report["machine"]["cores"] >= 1  # figures differ between CPUs
     rows = report["results"]["random"]
     trained = ("elmrec", "no-graph", "no-incremental", "no-soft-prompts", "digits")
-    assert {"popularity", "cooccurrence", "id-shortcut", "sasrec", "no-rerank", *trained} <= set(rows)
+    assert {"popularity", "cooccurrence", "id-shortcut", "sasrec", "no-rerank", "seq-direct", *trained} <= set(rows)
     for ablation in trained[1:]:  # each trained, saved, evaluated
         assert rows[ablation]["direct_users"] == 12 and rows[f"{ablation} (train)"]["epochs"] == 1
     assert 0 <= rows["elmrec"]["sequential"]["NDCG@10"] <= 1 and rows["elmrec"]["wall_s"] > 0
     assert rows["elmrec"]["direct_users"] == rows["no-rerank"]["sequential_users"] == 12
     assert "direct" not in rows["no-rerank"]  # reranking does not touch direct results: not run again
+    assert rows["seq-direct"]["direct_users"] == 12 and "sequential" not in rows["seq-direct"]
     assert rows["no-rerank"]["exclude_history"] is False and rows["elmrec"]["exclude_history"] is True
     assert rows["sasrec (train)"]["epochs"] >= 1 and rows["sasrec"]["sequential_users"] == 12
     assert report["complete"] and (out / "report-p5.json").exists() and (out / "report-random.json").exists()

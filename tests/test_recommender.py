@@ -369,3 +369,17 @@ def test_a_last_item_start_checkpoint_ranks_from_the_latest_item(trained_checkpo
         from_start = item_log_probs(model, hidden, mask)[0]
     np.testing.assert_allclose(got, by_hand.numpy(), rtol=1e-5, atol=1e-5)
     assert not np.allclose(got, from_start.numpy(), atol=1e-3)
+
+
+def test_direct_decode_sequential_reads_the_candidates_from_the_history_row(trained_checkpoint, digits_checkpoint):
+    rec = Recommender.from_pretrained(trained_checkpoint, device="cpu", rerank=False, direct_decode="sequential")
+    users, histories = np.array([1, 2]), [np.array([3, 4, 5]), np.array([7])]
+    candidates = np.array([[5, 9, 1], [2, 7, 30]])
+    row = rec.score_all(users, histories)
+    np.testing.assert_allclose(rec.score_candidates(users, histories, candidates),
+                               np.take_along_axis(row, candidates, 1), rtol=1e-6)
+    listed = Recommender.from_pretrained(trained_checkpoint, device="cpu").score_candidates(users, histories,
+                                                                                         candidates)
+    assert not np.allclose(listed, np.take_along_axis(row, candidates, 1), atol=1e-3)  # another prompt
+    with pytest.raises(ValueError, match="direct_decode 'sequential' needs"):
+        Recommender.from_pretrained(digits_checkpoint, device="cpu", direct_decode="sequential")

@@ -264,8 +264,8 @@ def _generation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None,
                    help="drop already-interacted items from the generated list")
     # the names of the EvalConfig fields, as `train` spells them; --decode and --amp: older names
-    g.add_argument("--direct-decode", "--decode", dest="direct_decode", choices=("score", "beam"),
-                   help="direct: exact scoring or beam search")
+    g.add_argument("--direct-decode", "--decode", dest="direct_decode", choices=("score", "beam", "sequential"),
+                   help="direct: exact scoring, beam search, or the candidates read from the sequential prompt")
     g.add_argument("--eval-batch-size", type=int)
     g.add_argument("--eval-amp", "--amp", dest="eval_amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (GPU, or a CPU with AMX); the vocabulary head and scores stay fp32")

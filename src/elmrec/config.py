@@ -124,7 +124,9 @@ class EvalConfig:
     top_n: int = 10
     extra_candidates: int = 15  # N: candidates beyond top_n that reranking may drop
     rerank: bool = True
-    direct_decode: str = "score"  # score (exact likelihood of every candidate) | beam (paper)
+    # score (exact likelihood of every candidate) | beam (paper) | sequential (a departure, item
+    # scheme: the candidates read from the sequential prompt's row, i.e. from the user's history)
+    direct_decode: str = "score"
     direct_beams: int = 20
     explanation_beams: int = 4
     eval_batch_size: int = 16
@@ -186,8 +188,8 @@ def _validate(data: dict) -> Config:
         problems.append(f"train.task_repeats: unknown task(s) {sorted(unknown)}; expected {TASKS}")
     if bad := {t: n for t, n in cfg.train.task_repeats.items() if n < 1}:
         problems.append(f"train.task_repeats must be >= 1, got {bad}")
-    if cfg.eval.direct_decode not in ("score", "beam"):
-        problems.append("eval.direct_decode must be 'score' or 'beam'")
+    if cfg.eval.direct_decode not in ("score", "beam", "sequential"):
+        problems.append("eval.direct_decode must be 'score', 'beam' or 'sequential'")
     if cfg.train.seq_targets > 1 and cfg.model.id_tokens != "item":  # digit pieces would need </s> per item
         problems.append("train.seq_targets > 1 needs model.id_tokens 'item': in the digits scheme the items of a "
                         "continuation run together and the model would learn that </s> rarely follows an item")
@@ -200,6 +202,8 @@ def _validate(data: dict) -> Config:
         problems.append("model.graph_head needs model.id_tokens 'item' (one output row per item)")
     if cfg.model.direct_loss == "candidates" and cfg.model.id_tokens != "item":
         problems.append("model.direct_loss 'candidates' needs model.id_tokens 'item' (one output row per item)")
+    if cfg.eval.direct_decode == "sequential" and cfg.model.id_tokens != "item":
+        problems.append("eval.direct_decode 'sequential' needs model.id_tokens 'item' (one row scores every item)")
     if cfg.eval.direct_decode == "beam" and cfg.model.id_tokens == "item":
         problems.append("eval.direct_decode 'beam' needs model.id_tokens 'digits': with one token per item the "
                         "exact scores of all candidates are one softmax row ('score')")

@@ -263,9 +263,19 @@ class Recommender:
     # --- direct -------------------------------------------------------------------------------
     def score_candidates(self, users: np.ndarray, histories: list[np.ndarray], candidates: np.ndarray) -> np.ndarray:
         """Exact: log P(candidate id | prompt listing the candidates). Beam: the paper's decoding;
-        candidates it does not return get -inf."""
+        candidates it does not return get -inf. Sequential: log P(candidate | the user's history),
+        the sequential prompt's row read at the candidates (as a next-item model such as SASRec
+        scores them)."""
         candidates = np.asarray(candidates)
         self._check_items(candidates)
+        if self.eval.direct_decode == "sequential":
+            if self.id_tokens != "item":  # eval replaced after loading
+                raise ValueError("direct_decode 'sequential' needs an item-scheme checkpoint (one row per item)")
+            for h in histories:
+                self._check_items(h)
+            rows = self._next_item_scores(self._sequential_samples(np.asarray(users), histories))
+            self._stats["users"] += len(users)
+            return np.take_along_axis(rows, candidates, 1)
         if self.eval.direct_decode == "beam" and self.id_tokens == "item":  # eval replaced after loading
             raise ValueError("direct_decode 'beam' needs a digits-scheme checkpoint; this one has one token per item")
         # the prompt lists each user's candidates in a fixed shuffled order (target position hidden)
