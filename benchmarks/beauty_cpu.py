@@ -186,11 +186,16 @@ def run(args: argparse.Namespace, save) -> dict:
                 plain = Recommender.from_pretrained(run_dir / "best", device=args.device, rerank=False,
                                                     extra_candidates=0)
                 score("no-rerank", plain, tasks=("sequential",), exclude_history=False)
-            if row == "elmrec" and "seq-direct" in rows and "sequential" in eval_tasks:
+            if row == "elmrec" and "seq-direct" in rows:
                 # the same checkpoint on the direct protocol, its candidates read from the
                 # sequential prompt's row (the user's history), as SASRec's direct row is
-                seq = Recommender.from_pretrained(run_dir / "best", device=args.device, direct_decode="sequential")
-                score("seq-direct", seq, tasks=("direct",))
+                if best.id_tokens == "item" and "sequential" in best.trained_tasks:
+                    seq = Recommender.from_pretrained(run_dir / "best", device=args.device,
+                                                      direct_decode="sequential")
+                    score("seq-direct", seq, tasks=("direct",))
+                else:
+                    print(f"[{name}] seq-direct skipped: the elmrec row needs one token per id and the "
+                          "sequential task", flush=True)
     return report
 
 

@@ -97,3 +97,17 @@ def test_a_failing_rank_ends_the_job_with_its_error(synthetic_dir, tmp_path):
     assert p.returncode != 0
     assert "error (rank 0):" in p.stderr and "config.json" in p.stderr
     assert took < 60, took  # torchrun stops the waiting rank; it does not sit out the gloo timeout
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_shutdown_waits_for_the_other_ranks_only_after_a_clean_run(monkeypatch, clean):
+    """A rank that finished cleanly waits at a barrier before ending the process group (no rank
+    tears its connections down under a peer still at work); a failing rank ends at once."""
+    from elmrec import distributed
+
+    calls: list[str] = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    distributed.shutdown(clean)
+    assert calls == (["barrier", "destroy"] if clean else ["destroy"])

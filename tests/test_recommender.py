@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -292,25 +294,37 @@ def test_trained_model_depends_on_the_user_and_the_cli_reports_it(trained_checkp
     assert "direct rank correlation 1.0000, sequential top-10 overlap 1.0000" in capsys.readouterr().out
 
 
-def test_a_checkpoint_older_than_a_model_field_reads_it_as_trained(trained_checkpoint, tmp_path):
-    """Fields added after a checkpoint was written (the id scheme, every-prefix training, the direct
-    loss, the user in sequential prompts, the graph head) read as what that checkpoint was trained
-    with, whatever today's defaults are; the model's and the run's configuration agree."""
+def _edited_copy(source: Path, target: Path, model: dict | None = None, train: dict | None = None,
+                 drop: tuple[str, ...] = ()) -> Path:
+    """A copy of a checkpoint with model fields set (or dropped, as an older checkpoint lacks them)
+    and run training fields set, in both its model and its run configuration."""
     import shutil
 
     from elmrec import checkpoint
 
-    old = tmp_path / "old"
-    shutil.copytree(trained_checkpoint, old)
+    shutil.copytree(source, target)
     for name in (checkpoint.MODEL_CONFIG_FILE, checkpoint.RUN_CONFIG_FILE):
-        raw = json.loads((old / name).read_text())
-        for field in ("causal_history", "direct_loss", "sequential_user", "graph_head", "last_item_start"):
+        raw = json.loads((target / name).read_text())
+        for field in drop:
             raw["model"].pop(field)
-        (old / name).write_text(json.dumps(raw))
+        raw["model"].update(model or {})
+        if "train" in raw:
+            raw["train"].update(train or {})
+        (target / name).write_text(json.dumps(raw))
+    return target
+
+
+def test_a_checkpoint_older_than_a_model_field_reads_it_as_trained(trained_checkpoint, tmp_path):
+    """Fields added after a checkpoint was written (the id scheme, every-prefix training, the direct
+    loss, the user in sequential prompts, the graph head) read as what that checkpoint was trained
+    with, whatever today's defaults are; the model's and the run's configuration agree."""
+    from elmrec import checkpoint
+
+    fields = ("causal_history", "direct_loss", "sequential_user", "graph_head", "last_item_start")
+    old = _edited_copy(trained_checkpoint, tmp_path / "old", drop=fields)
     rec = Recommender.from_pretrained(old)
     for cfg in (rec.model.config, rec.run.model):
-        assert (cfg.causal_history, cfg.direct_loss, cfg.sequential_user, cfg.graph_head, cfg.id_tokens) == (
-            False, "items", True, False, "item")
+        assert tuple(getattr(cfg, f) for f in (*fields, "id_tokens")) == (False, "items", True, False, False, "item")
     # what a checkpoint older than each field was trained with, whatever the defaults become
     legacy = checkpoint.stored_model_config({})
     assert legacy == {"id_tokens": "digits", "causal_history": False, "direct_loss": "items",
@@ -322,20 +336,11 @@ def test_a_checkpoint_older_than_a_model_field_reads_it_as_trained(trained_check
 def test_a_model_without_the_sequential_user_scores_a_history_the_same_for_every_user(trained_checkpoint, tmp_path):
     """``sequential_user`` reaches inference from the checkpoint: the same weights read two users
     with one history alike once the switch is off, and tell them apart with it on."""
-    import shutil
-
-    from elmrec import checkpoint
-
     history = [np.array([3, 4, 5])] * 2
     users = np.array([1, 2])
     rows = Recommender.from_pretrained(trained_checkpoint, device="cpu").score_all(users, history)
     assert not np.allclose(rows[0], rows[1])
-    anonymous = tmp_path / "anonymous"
-    shutil.copytree(trained_checkpoint, anonymous)
-    for name in (checkpoint.MODEL_CONFIG_FILE, checkpoint.RUN_CONFIG_FILE):
-        raw = json.loads((anonymous / name).read_text())
-        raw["model"]["sequential_user"] = False
-        (anonymous / name).write_text(json.dumps(raw))
+    anonymous = _edited_copy(trained_checkpoint, tmp_path / "anonymous", model={"sequential_user": False})
     rec = Recommender.from_pretrained(anonymous, device="cpu")
     assert rec.model.config.sequential_user is False
     rows = rec.score_all(users, history)
@@ -345,20 +350,12 @@ def test_a_model_without_the_sequential_user_scores_a_history_the_same_for_every
 def test_a_last_item_start_checkpoint_ranks_from_the_latest_item(trained_checkpoint, tmp_path):
     """``last_item_start`` reaches inference: the recommender's row is the first decoder step from
     the history's latest item, computed by hand, not the step from T5's start token."""
-    import shutil
-
-    from elmrec import checkpoint
     from elmrec.generation import item_log_probs
     from elmrec.prompts import EVAL_TEMPLATE, render
     from elmrec.tasks import SEQUENTIAL, Sample
     from elmrec.tokenization import encode_prompts
 
-    moved = tmp_path / "last"
-    shutil.copytree(trained_checkpoint, moved)
-    for name in (checkpoint.MODEL_CONFIG_FILE, checkpoint.RUN_CONFIG_FILE):
-        raw = json.loads((moved / name).read_text())
-        raw["model"].update(causal_history=True, last_item_start=True)
-        (moved / name).write_text(json.dumps(raw))
+    moved = _edited_copy(trained_checkpoint, tmp_path / "last", model={"causal_history": True, "last_item_start": True})
     rec = Recommender.from_pretrained(moved, device="cpu", rerank=False)
     got = rec.score_all(np.array([2]), [np.array([3, 4, 5])])[0, 1:]
     model, tok = rec.model, rec.tokenizer
@@ -367,11 +364,16 @@ def test_a_last_item_start_checkpoint_ranks_from_the_latest_item(trained_checkpo
         hidden, mask = model.encode(SEQUENTIAL, **batch)
         by_hand = item_log_probs(model, hidden, mask, torch.tensor([tok.convert_tokens_to_ids("item_5")]))[0]
         from_start = item_log_probs(model, hidden, mask)[0]
+        start = model.decoder_start(SEQUENTIAL, torch.tensor([5]))
+        items = np.arange(1, rec.n_items + 1)[None]
+        likelihood = rec.item_log_likelihood(hidden, mask, items, start)[0]
     np.testing.assert_allclose(got, by_hand.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(likelihood.numpy(), by_hand.numpy(), rtol=1e-5, atol=1e-5)
     assert not np.allclose(got, from_start.numpy(), atol=1e-3)
 
 
-def test_direct_decode_sequential_reads_the_candidates_from_the_history_row(trained_checkpoint, digits_checkpoint):
+def test_direct_decode_sequential_reads_the_candidates_from_the_history_row(trained_checkpoint, digits_checkpoint,
+                                                                           tmp_path):
     rec = Recommender.from_pretrained(trained_checkpoint, device="cpu", rerank=False, direct_decode="sequential")
     users, histories = np.array([1, 2]), [np.array([3, 4, 5]), np.array([7])]
     candidates = np.array([[5, 9, 1], [2, 7, 30]])
@@ -383,3 +385,11 @@ def test_direct_decode_sequential_reads_the_candidates_from_the_history_row(trai
     assert not np.allclose(listed, np.take_along_axis(row, candidates, 1), atol=1e-3)  # another prompt
     with pytest.raises(ValueError, match="direct_decode 'sequential' needs"):
         Recommender.from_pretrained(digits_checkpoint, device="cpu", direct_decode="sequential")
+    # a model never trained on sequential prompts has no history row to read
+    direct_only = _edited_copy(trained_checkpoint, tmp_path / "direct", train={"tasks": ["direct"]})
+    with pytest.raises(ValueError, match="trained on the sequential task"):
+        Recommender.from_pretrained(direct_only, device="cpu", direct_decode="sequential")
+    rec = Recommender.from_pretrained(direct_only, device="cpu")
+    rec.eval = replace(rec.eval, direct_decode="sequential")  # settings replaced after loading
+    with pytest.raises(ValueError, match="trained on the sequential task"):
+        rec.score_candidates(users, histories, candidates)

@@ -204,6 +204,9 @@ def _validate(data: dict) -> Config:
         problems.append("model.direct_loss 'candidates' needs model.id_tokens 'item' (one output row per item)")
     if cfg.eval.direct_decode == "sequential" and cfg.model.id_tokens != "item":
         problems.append("eval.direct_decode 'sequential' needs model.id_tokens 'item' (one row scores every item)")
+    if cfg.eval.direct_decode == "sequential" and "sequential" not in cfg.train.tasks:
+        problems.append("eval.direct_decode 'sequential' needs a model trained on the sequential task "
+                        "(it reads the sequential prompt's row)")
     if cfg.eval.direct_decode == "beam" and cfg.model.id_tokens == "item":
         problems.append("eval.direct_decode 'beam' needs model.id_tokens 'digits': with one token per item the "
                         "exact scores of all candidates are one softmax row ('score')")

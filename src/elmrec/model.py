@@ -248,9 +248,11 @@ class ELMRec(nn.Module):
         alone = _additive(torch.eye(t, dtype=torch.bool, device=labels.device).expand(b, t, t), hidden.dtype)
         if self.config.last_item_start:  # step j reads its prefix's latest item
             is_item = self.is_item(input_ids)
-            by_rank = torch.zeros_like(input_ids[:, : n.max() + 1])
-            by_rank.scatter_(1, torch.where(is_item, is_item.cumsum(1), 0), torch.where(is_item, input_ids, 0))
-            steps = self.t5.shared(by_rank.gather(1, prefix.clamp(0, by_rank.shape[1] - 1)))
+            items = torch.where(is_item, input_ids - self.item_token_start + 1, 0)  # item ids, 0: no item
+            by_rank = input_ids.new_zeros(b, input_ids.shape[1] + 1)  # column k: the k-th history item
+            by_rank.scatter_(1, torch.where(is_item, is_item.cumsum(1), 0), items)
+            latest = by_rank.gather(1, prefix.clamp(0, by_rank.shape[1] - 1))
+            steps = self.t5.shared(self.decoder_start(SEQUENTIAL, latest))
         else:  # every step reads the start token; its embedding row enters as a constant (a
             # gradient for one row would cost a zero-filled gradient of the whole token table)
             steps = self.t5.shared.weight[self.t5.config.decoder_start_token_id].detach().expand(b, t, -1)

@@ -8,8 +8,9 @@ with ``direct_decode="beam"``).
 
 ``item`` scheme (one token per item): one decoder step gives the log-probability of every item,
 an exact ranking. Sequential: reranking drops the user's items from that row and keeps top_n (the
-items it dropped from the first top_n + N are counted, as with beams). Direct: the row read at the
-candidates.
+items it dropped from the first top_n + N are counted, as with beams). Direct: the direct
+prompt's row read at the candidates, or with ``direct_decode="sequential"`` the sequential
+prompt's row (the user's history decides, as for a next-item model).
 """
 
 from __future__ import annotations
@@ -149,16 +150,25 @@ class Recommender:
 
     # --- sequential ---------------------------------------------------------------------------
     def _sequential_samples(self, users: np.ndarray, histories: list[np.ndarray]) -> list[Sample]:
+        """Sequential prompts of the users' histories (their last ``max_history`` items), checked."""
+        for h in histories:
+            self._check_items(h)
         return [Sample(SEQUENTIAL, int(u), tuple(int(i) for i in h[-self.max_history:]), 0)
                 for u, h in zip(users, histories)]
 
     @torch.no_grad()
-    def item_log_likelihood(self, hidden: torch.Tensor, mask: torch.Tensor, items: np.ndarray) -> torch.Tensor:
+    def item_log_likelihood(
+        self, hidden: torch.Tensor, mask: torch.Tensor, items: np.ndarray, start: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Exact log P(item | prompt) of (B, C) item ids for encoded prompts, in either id scheme:
-        the first decoder step's row (``item``) or the prefix-tree pass over their pieces (``digits``)."""
+        the first decoder step's row (``item``) or the prefix-tree pass over their pieces (``digits``).
+        ``start``: the first decoder inputs (``ELMRec.decoder_start``); T5's start token if None,
+        which is right for every prompt but a ``last_item_start`` model's sequential ones."""
         if self.id_tokens == "item":
             columns = torch.as_tensor(np.asarray(items) - 1, device=self.device)
-            return item_log_probs(self.model, hidden, mask).gather(1, columns)
+            return item_log_probs(self.model, hidden, mask, start).gather(1, columns)
+        if start is not None:
+            raise ValueError("a decoder start per prompt needs the item scheme")
         tokens = candidate_tokens(self.tokenizer, np.asarray(items), self.device)
         return candidate_log_likelihood(self.model, hidden, mask, tokens)
 
@@ -189,8 +199,6 @@ class Recommender:
         """Item scheme: every item's score, the user's own items at -inf when reranking (the
         exact version of what beams + N extra candidates approximate), and per user how many of
         the first top_n + N that dropped."""
-        for h in histories:
-            self._check_items(h)
         scores = self._next_item_scores(self._sequential_samples(users, histories))
         n_gen = self._n_generated()
         self._stats["generated"] += len(users) * min(n_gen, self.n_items)
@@ -269,10 +277,9 @@ class Recommender:
         candidates = np.asarray(candidates)
         self._check_items(candidates)
         if self.eval.direct_decode == "sequential":
-            if self.id_tokens != "item":  # eval replaced after loading
-                raise ValueError("direct_decode 'sequential' needs an item-scheme checkpoint (one row per item)")
-            for h in histories:
-                self._check_items(h)
+            if self.id_tokens != "item" or SEQUENTIAL not in self.trained_tasks:  # eval replaced after loading
+                raise ValueError("direct_decode 'sequential' needs an item-scheme checkpoint trained on the "
+                                 "sequential task (it reads the sequential prompt's row)")
             rows = self._next_item_scores(self._sequential_samples(np.asarray(users), histories))
             self._stats["users"] += len(users)
             return np.take_along_axis(rows, candidates, 1)
