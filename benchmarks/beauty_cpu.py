@@ -48,7 +48,8 @@ ABLATIONS = {
 }
 BASELINE_ROWS = ("popularity", "cooccurrence", "id-shortcut")
 # rows that re-evaluate the elmrec checkpoint: without reranking; direct read from the sequential prompt
-DERIVED_ROWS = ("no-rerank", "seq-direct")
+# rows read from the elmrec row's checkpoint, and the one task each is evaluated on
+DERIVED_ROWS = {"no-rerank": "sequential", "seq-direct": "direct"}
 
 
 def commit() -> str:
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace, save) -> dict:
     report = {"commit": commit(), "data": args.data, "machine": machine_info(),
               "threads": args.threads, "device": args.device, "date": time.strftime("%Y-%m-%d %H:%M"),
               "budget_minutes": args.budget_minutes,
-              "preset": args.preset, "overrides": overrides, "argv": args.argv, "results": {}}
+              "preset": args.preset, "config": args.config, "overrides": overrides, "argv": args.argv, "results": {}}
     eval_tasks = tuple(t for t in TASKS if t in args.eval_tasks.split(","))
     report["eval_tasks"] = list(eval_tasks)
     for name in wanted:
@@ -172,7 +173,7 @@ def run(args: argparse.Namespace, save) -> dict:
                 score(row, sasrec, tasks=eval_tasks, wall=time.time() - t0)
                 probe(row, sasrec)
                 continue
-            cfg = load_config(preset=args.preset, overrides={**overrides, **ABLATIONS[row]})
+            cfg = load_config(args.config, preset=args.preset, overrides={**overrides, **ABLATIONS[row]})
             run_dir = out / name / row
             summary = train(cfg, dataset, run_dir, progress=args.progress, echo=lambda s: None)
             wall = time.time() - t0
@@ -193,6 +194,7 @@ def run(args: argparse.Namespace, save) -> dict:
                     seq = Recommender.from_pretrained(run_dir / "best", device=args.device,
                                                       direct_decode="sequential")
                     score("seq-direct", seq, tasks=("direct",))
+                    probe("seq-direct", seq)
                 else:
                     print(f"[{name}] seq-direct skipped: the elmrec row needs one token per id and the "
                           "sequential task", flush=True)
@@ -294,6 +296,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="torch threads per process (default 2, or 1 with --parallel)")
     p.add_argument("--eval-tasks", default="sequential,direct",
                    help="the tasks each trained row is evaluated on (the baselines: always both)")
+    p.add_argument("--config", help="a YAML/JSON configuration of the ELMRec rows (e.g. configs/*.yaml); "
+                   "the flags above and --set win over it")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any other config field, e.g. seq_alpha=0.1")
     p.add_argument("--device", default="cpu",
                    help="cpu (default) | cuda | auto: where every ELMRec row trains and is evaluated")

@@ -16,7 +16,7 @@ import math
 import sys
 from pathlib import Path
 
-from beauty_cpu import TASKS, table
+from beauty_cpu import DERIVED_ROWS, TASKS, table
 
 from elmrec.io import atomic_write_text
 
@@ -38,7 +38,12 @@ def merge(reports: list[dict]) -> dict:
             for label, row in rows.items():
                 trained = label.endswith(" (train)")
                 base = label.removesuffix(" (train)")
-                tasks = _tasks_of(report) if base not in ("popularity", "cooccurrence", "id-shortcut") else TASKS
+                if base in ("popularity", "cooccurrence", "id-shortcut"):
+                    tasks = TASKS
+                elif base in DERIVED_ROWS:  # its one task, whatever its checkpoint's report evaluated
+                    tasks = (DERIVED_ROWS[base],)
+                else:
+                    tasks = _tasks_of(report)
                 target = out.setdefault(label, {})
                 if trained:
                     if "valid_vs_prior" in row:  # ELMRec rows (not SASRec)

@@ -155,14 +155,14 @@ def test_beauty_benchmark_pipeline_runs_on_tiny_data(synthetic_dir, tmp_path, ca
     assert report["complete"] and (out / "report-p5.json").exists() and (out / "report-random.json").exists()
     # every row but no-rerank (the same checkpoint) says how much its output depends on the user
     assert rows["popularity"]["user_dependence"]["direct_rank_correlation"] == pytest.approx(1.0)
-    for row in ("cooccurrence", "id-shortcut", "sasrec", *trained):
+    for row in ("cooccurrence", "id-shortcut", "sasrec", "seq-direct", *trained):
         dep = rows[row]["user_dependence"]
         assert dep["split"] == "valid" and dep["users"] == 8 and 0 <= dep["sequential_top_overlap"] <= 1
     text = (out / "report.md").read_text()
     table, probes, losses = (part.splitlines() for part in text.split("\n\n"))
     assert "p5 sequential NDCG@10" in table[0] and "random direct HR@10" in table[0]
     labels = ["| popularity", "| cooccurrence", "| id-shortcut", "| sasrec", "| elmrec", "| no-rerank",
-              "| no-graph", "| no-incremental", "| no-soft-prompts", "| digits"]
+              "| seq-direct", "| no-graph", "| no-incremental", "| no-soft-prompts", "| digits"]
     assert [line.split(" | ")[0] for line in table[2:]] == labels
     assert "p5 direct rank correlation" in probes[0]
     assert [line.split(" | ")[0] for line in probes[2:]] == [x for x in labels if x != "| no-rerank"]
@@ -348,6 +348,8 @@ def test_render_merges_per_task_reports_cell_by_cell(tmp_path, capsys):
             "popularity": pop, "elmrec": row, "elmrec (train)": {"epochs": 3, "valid_vs_prior": prior}}}}
 
     seq = report("sequential", 0.05, {"direct_rank_correlation": 0.9, "sequential_top_overlap": 0.3})
+    # a row the sequential model's report evaluated on direct: it keeps its cells
+    seq["results"]["p5"]["seq-direct"] = {"direct": {"NDCG@10": 0.25, "HR@10": 0.4}}
     direct = report("direct", 0.3, {"direct_rank_correlation": 0.5, "sequential_top_overlap": 0.99})
     paths = []
     for name, rep in (("seq", seq), ("direct", direct)):
@@ -357,6 +359,7 @@ def test_render_merges_per_task_reports_cell_by_cell(tmp_path, capsys):
     text = (tmp_path / "merged.md").read_text()
     assert "| elmrec | 0.0500 | 0.1000 | 0.3000 | 0.6000 |" in text
     assert "| popularity | 0.0100 | 0.0200 | 0.1000 | 0.2000 |" in text
+    assert "| seq-direct | - | - | 0.2500 | 0.4000 |" in text
     assert "| elmrec | 0.5000 | 0.3000 |" in text  # each task's user dependence from its own model
     assert "| elmrec | 8.0000 (9.0000) | 4.0000 (4.3000) |" in text
     pop["direct"] = {"NDCG@10": 0.5, "HR@10": 0.2}  # the two reports now disagree on a baseline
