@@ -366,3 +366,19 @@ def test_render_merges_per_task_reports_cell_by_cell(tmp_path, capsys):
     paths[1].write_text(json.dumps(direct))
     assert render.main(list(map(str, paths))) == 2
     assert "disagree on direct" in capsys.readouterr().err
+
+
+def test_the_shipped_sequential_recipe_is_the_one_benchmarked():
+    """configs/beauty-cpu-sequential.yaml resolves to the configuration of the sequential model
+    whose figures BENCHMARKS.md reports (its report records the flags it ran with)."""
+    from elmrec.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    report = json.loads((root / "benchmarks" / "results" / "beauty-60min-seq.json").read_text())
+    measured = load_config(preset=report["preset"], overrides=report["overrides"])
+    benchmark_flags = ("size", "budget_minutes", "valid_users", "threads", "epochs", "device", "seed")
+    shipped = load_config(root / "configs" / "beauty-cpu-sequential.yaml", preset=report["preset"],
+                          overrides={k: report["overrides"][k] for k in benchmark_flags})
+    assert shipped.model == measured.model
+    assert shipped.train == measured.train
+    assert shipped.eval == measured.eval

@@ -22,7 +22,8 @@ TRAIN = ["--size", "tiny", "--batch-size", "16", "--dropout", "0", "--epochs", "
 def elmrec(*args: str, ranks: int = 1, timeout: int = 180) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
     cmd = (launcher if ranks > 1 else [sys.executable]) + ["-m", "elmrec", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ELMREC_DIST_TIMEOUT": "60"}
+    # faulthandler: should a rank die of a signal, its Python stacks show where
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ELMREC_DIST_TIMEOUT": "60", "PYTHONFAULTHANDLER": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -109,5 +110,10 @@ def test_shutdown_waits_for_the_other_ranks_only_after_a_clean_run(monkeypatch, 
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
     monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
     monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    monkeypatch.setattr(distributed.os, "_exit", lambda code: calls.append(f"exit {code}"))
     distributed.shutdown(clean)
-    assert calls == (["barrier", "destroy"] if clean else ["destroy"])
+    assert calls == []  # a process group this module did not start is left alone
+    monkeypatch.setattr(distributed, "_started_here", True)
+    distributed.shutdown(clean)
+    # a clean rank waits, ends the group and leaves before the interpreter's teardown
+    assert calls == (["barrier", "destroy", "exit 0"] if clean else ["destroy"])
