@@ -126,16 +126,22 @@ def valid_against_prior(run_dir: Path) -> dict:
             for task, prior in log[0].get("item_prior_loss", {}).items()}
 
 
-def run(args: argparse.Namespace, save) -> dict:
-    base = load_p5(args.data)
-    variants = {"p5": base, "random": reindex(base, "random", seed=0)}
-    wanted = ["p5", "random"] if args.reindex == "both" else [args.reindex]
-    rows = args.rows.split(",")
+def row_overrides(args: argparse.Namespace) -> dict:
+    """The configuration fields every ELMRec row gets from the command line (over --config)."""
     overrides = dict(size=args.size, budget_minutes=args.budget_minutes, valid_users=args.valid_users,
                      threads=args.threads, epochs=args.epochs, device=args.device, seed=args.seed)
     for item in args.set or []:
         key, _, value = item.partition("=")
         overrides[key] = value
+    return overrides
+
+
+def run(args: argparse.Namespace, save) -> dict:
+    base = load_p5(args.data)
+    variants = {"p5": base, "random": reindex(base, "random", seed=0)}
+    wanted = ["p5", "random"] if args.reindex == "both" else [args.reindex]
+    rows = args.rows.split(",")
+    overrides = row_overrides(args)
     out = Path(args.out)
     report = {"commit": commit(), "data": args.data, "machine": machine_info(),
               "threads": args.threads, "device": args.device, "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -317,6 +323,11 @@ def main(argv=None) -> int:
     unknown = set(args.rows.split(",")) - set(ABLATIONS) - {*DERIVED_ROWS, "sasrec"}
     if unknown:
         p.error(f"unknown rows {sorted(unknown)}; choose from {sorted(ABLATIONS) + [*DERIVED_ROWS, 'sasrec']}")
+    try:  # every trained row's configuration, checked before an hour of baselines and training
+        for row in set(args.rows.split(",")) & set(ABLATIONS):
+            load_config(args.config, preset=args.preset, overrides={**row_overrides(args), **ABLATIONS[row]})
+    except ValueError as e:
+        p.error(str(e))
     path = Path(args.output or Path(args.out) / "report.json")
     t0 = time.time()
 

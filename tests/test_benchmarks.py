@@ -382,3 +382,16 @@ def test_the_shipped_sequential_recipe_is_the_one_benchmarked():
     assert shipped.model == measured.model
     assert shipped.train == measured.train
     assert shipped.eval == measured.eval
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--config", "no/such/recipe.yaml"], "configuration file not found"),
+    (["--set", "dropout=lots"], "dropout"),
+])
+def test_the_quality_benchmark_refuses_a_bad_configuration_before_it_starts(tmp_path, capsys, flags, message):
+    bench = _script("beauty_cpu")
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--data", str(tmp_path / "nothing-read-yet"), "--out", str(tmp_path / "out"),
+                    "--rows", "elmrec", *flags])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

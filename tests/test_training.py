@@ -326,6 +326,26 @@ def test_micro_batches_give_the_gradients_of_the_whole_batch(tmp_path, task, sch
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_a_graph_head_batch_in_chunks_propagates_the_graph_once(tmp_path):
+    """With ``graph_head`` a sequential batch reads the graph at its outputs only; split into
+    micro-batches it still propagates LightGCN once, not once per chunk."""
+    from elmrec.batching import chunks, make_batch
+    from elmrec.training import _Training, forward_backward
+
+    rng = np.random.default_rng(0)
+    ds = Dataset.from_histories([rng.choice(np.arange(1, 151), 8, replace=False).tolist() for _ in range(40)],
+                                n_items=150)
+    cfg = _cfg(dropout=0.0, id_tokens="item", graph_head=True)
+    run = _Training(cfg, ds, tmp_path)
+    samples, templates = next((s, t) for s, t in run.epoch_batches(0) if s[0].task == T.SEQUENTIAL)
+    batch = make_batch(samples, templates, run.tokenizer, ds.n_users, cfg, run.device)
+    assert len(list(chunks(batch, 3, 1))) > 1
+    calls, propagate = [], run.model._propagate
+    run.model._propagate = lambda: calls.append(1) or propagate()
+    forward_backward(run.model, batch, 3, length_groups=1)
+    assert len(calls) == 1
+
+
 def test_length_groups_cover_the_batch_and_cut_padding(tmp_path, synthetic_dataset):
     import dataclasses
 
