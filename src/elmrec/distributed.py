@@ -128,8 +128,9 @@ def shutdown(clean: bool) -> None:
     for the others, so none tears its connections down while a peer still works, then the
     process ends at once with code 0: gloo's threads could abort the interpreter's own teardown
     ("terminate called without an active exception", seen in about 1 of 50 two-rank runs on two
-    busy cores) after all output was written. After an error it neither waits nor exits (torchrun
-    stops the other ranks; the error and its code go out as usual)."""
+    busy cores) after all output was written; atexit handlers do not run then, and a script that
+    calls ``cli.main`` under torchrun ends with it. After an error it neither waits nor exits
+    (torchrun stops the other ranks; the error and its code go out as usual)."""
     global _started_here
     if not (_started_here and dist.is_initialized()):
         return
