@@ -121,7 +121,9 @@ def valid_against_prior(run_dir: Path) -> dict:
     epoch 1, ``elmrec.training.item_prior_loss``): at or above it, the row has learned item
     frequencies and not the user."""
     log = [json.loads(line) for line in (run_dir / LOG_FILE).read_text().splitlines()]
-    best = min(log[1:], key=lambda r: r["valid_loss"]["mean"])
+    # the epoch of best/ (runs before best_epoch was logged chose by the lowest loss)
+    best = next((r for r in log[1:] if r["epoch"] == log[-1].get("best_epoch")), None) or \
+        min(log[1:], key=lambda r: r["valid_loss"]["mean"])
     return {task: {"best": best["valid_loss"][task], "item_prior": prior}
             for task, prior in log[0].get("item_prior_loss", {}).items()}
 

@@ -276,6 +276,36 @@ def test_settings_that_cannot_work_are_refused():
     assert load_config(overrides={"seq_targets": 3}).train.seq_targets == 3  # item scheme by default
 
 
+def test_select_by_ndcg_keeps_the_epoch_of_the_highest_validation_ndcg(tmp_path, synthetic_dataset):
+    # scripted NDCG@10: best at epoch 2 although the loss may fall later; patience 2 stops after 4
+    scripted = iter([0.1, 0.3, 0.2, 0.25, 0.9])
+
+    def validate(model, tokenizer):
+        return {"sequential": {"NDCG@10": next(scripted)}}
+
+    cfg = _cfg(epochs=5, patience=2, tasks=["sequential"], select_by="ndcg")
+    result = train(cfg, synthetic_dataset, tmp_path / "run", progress=False, echo=lambda s: None, validate=validate)
+    assert result["stopped"] == "early_stopping" and result["epochs"] == 4
+    assert result["best_epoch"] == 2 and result["best_valid_ndcg"] == 0.3
+    log = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["best_epoch"] for r in log[1:]] == [1, 2, 2, 2]
+    best, last = _weights(tmp_path / "run" / "best"), _weights(tmp_path / "run" / "last")
+    assert any((best[k] != last[k]).any() for k in best)  # best/ stayed at epoch 2
+
+    # without a callback the run measures its own validation NDCG on the validation-loss users
+    result = train(_cfg(epochs=2, tasks=["sequential"], select_by="ndcg", valid_users=30), synthetic_dataset,
+                   tmp_path / "own", progress=False, echo=lambda s: None)
+    log = [json.loads(ln) for ln in (tmp_path / "own" / "log.jsonl").read_text().splitlines()][1:]
+    ndcg = [r["valid_metrics"]["sequential"]["NDCG@10"] for r in log]
+    assert result["best_valid_ndcg"] == max(ndcg) and log[-1]["best_epoch"] == 1 + int(np.argmax(ndcg))
+
+    with pytest.raises(ValueError, match="NDCG@10"):
+        train(cfg, synthetic_dataset, tmp_path / "bad", progress=False, echo=lambda s: None,
+              validate=lambda m, t: {"sequential": {"HR@10": 0.5}})
+    with pytest.raises(ValueError, match="select_by 'ndcg' needs a ranking task"):
+        load_config(overrides={"select_by": "ndcg", "tasks": ["explanation"]})
+
+
 def test_resume_may_extend_epochs_and_says_when_nothing_is_left(tmp_path, synthetic_dataset):
     train(_cfg(epochs=1), synthetic_dataset, tmp_path / "run", progress=False, echo=lambda s: None)
     said = []

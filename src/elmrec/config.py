@@ -95,6 +95,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     epochs: int = 100
     patience: int = 5
+    # which epoch is best/ (and what patience waits for): the lowest mean validation loss, or
+    # (a departure) the highest mean NDCG@10 of the trained ranking tasks on the validation users,
+    # which keeps improving after the loss has turned (overconfident misses; docs/training.md)
+    select_by: typing.Literal["loss", "ndcg"] = "loss"
     steps_per_epoch: int | None = None  # batches per task per epoch; None = one sample per user
     # batches of a task per turn of the rotation (default 1 each, the paper's rotation); e.g.
     # sequential=2 spends more of a budget on the cheaper task. CLI: --task-repeats sequential=2
@@ -210,6 +214,8 @@ def _validate(data: dict) -> Config:
     if cfg.eval.direct_decode == "beam" and cfg.model.id_tokens == "item":
         problems.append("eval.direct_decode 'beam' needs model.id_tokens 'digits': with one token per item the "
                         "exact scores of all candidates are one softmax row ('score')")
+    if cfg.train.select_by == "ndcg" and not {"sequential", "direct"} & set(cfg.train.tasks):
+        problems.append("train.select_by 'ndcg' needs a ranking task (sequential or direct) in train.tasks")
     if cfg.train.device not in ("auto", "cpu", "cuda") and not cfg.train.device.startswith("cuda:"):
         problems.append("train.device must be auto, cpu or cuda")
     if cfg.eval.beams < cfg.eval.top_n:

@@ -12,16 +12,13 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from .baselines import PopularityScorer
-from .config import Config, load_config
-from .data import Dataset
+from .config import load_config
 from .evaluation import evaluate, format_table, sample_users
 from .formats import write_p5
 from .recommender import Recommender
 from .synthetic import make_synthetic
-from .training import LOG_FILE, train
+from .training import LOG_FILE, train, validation_metrics
 
 # A dataset whose planted transitions a tiny model picks up in a couple of CPU minutes.
 DEMO_DATA = dict(n_users=600, n_items=40, n_communities=4, p_successor=0.9, min_len=4, max_len=8, n_negatives=19)
@@ -29,21 +26,6 @@ DEMO_DATA = dict(n_users=600, n_items=40, n_communities=4, p_successor=0.9, min_
 # alpha of 6-9 (tuned on pretrained t5-small) drowns the token identity; see README.
 DEMO_CONFIG = dict(size="tiny", graph_alpha=3.0, seq_alpha=0.1, dropout=0.0, lr=3e-3, batch_size=32, valid_users=100,
                    n_negatives=19, epochs=12, patience=100)  # 12 epochs: about a minute on 2 cores
-
-
-def validation_metrics(dataset: Dataset, users: np.ndarray, cfg: Config):
-    """A ``validate`` callback for ``train``: HR@10/NDCG@10 on a fixed validation subset."""
-
-    def run(model, tokenizer) -> dict:
-        rec = Recommender(model, tokenizer, cfg, dataset.offsets, dataset.items, dataset.summary())
-        out = {}
-        for task in ("sequential", "direct"):
-            res = evaluate(rec, dataset, task, "valid", users=users, progress=False)
-            out[task] = {k: res.metrics[k] for k in ("HR@10", "NDCG@10")}
-        model.train()
-        return out
-
-    return run
 
 
 def plot_learning_curves(run_dir: Path, path: Path) -> Path:

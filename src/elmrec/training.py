@@ -29,9 +29,11 @@ from .batching import Batch, chunks, default_length_groups, default_loader_worke
 from .config import Config, TrainConfig
 from .data import Dataset
 from .distributed import Context, device_for
+from .evaluation import evaluate
 from .io import atomic_write_text
 from .model import ELMRec, build_model
 from .prompts import EVAL_TEMPLATE, TEMPLATES, item_text
+from .recommender import Recommender
 from .runtime import resolve_device, tune_cpu
 from .tokenization import add_id_tokens, build_tokenizer, item_token_start
 
@@ -153,6 +155,22 @@ def fresh_model(cfg: Config, dataset: Dataset, tokenizer_dir: Path | None = None
     return model, tokenizer
 
 
+def validation_metrics(dataset: Dataset, users: np.ndarray, cfg: Config, tasks=(T.SEQUENTIAL, T.DIRECT)):
+    """A ``validate`` callback for ``train``: HR@10 and NDCG@10 per task on ``users``' validation
+    split, read from the model being trained exactly as ``evaluate`` reads a checkpoint."""
+
+    def run(model: ELMRec, tokenizer) -> dict:
+        rec = Recommender(model, tokenizer, cfg, dataset.offsets, dataset.items, dataset.summary())
+        out = {}
+        for task in tasks:
+            res = evaluate(rec, dataset, task, "valid", users=users, progress=False)
+            out[task] = {k: res.metrics[k] for k in ("HR@10", "NDCG@10")}
+        model.train()
+        return out
+
+    return run
+
+
 class _Training:
     """One run: its state, its steps and its loop (``fit``); ``train`` sets it up or resumes it."""
 
@@ -187,7 +205,9 @@ class _Training:
             self.optimizer,
             lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup)) if total else 1.0),
         )
-        self.epoch, self.best, self.bad_epochs, self.elapsed = 0, math.inf, 0, 0.0
+        # best: the selection value of best/ (loss: lower is better; ndcg: higher is better)
+        self.epoch, self.bad_epochs, self.elapsed = 0, 0, 0.0
+        self.best, self.best_epoch = (math.inf if cfg.train.select_by == "loss" else -math.inf), 0
         self.valid_batches = self._validation_batches()
 
     # --- data ---------------------------------------------------------------------------------
@@ -197,6 +217,7 @@ class _Training:
         users = data.users
         if cfg.train.valid_users is not None and cfg.train.valid_users < len(users):
             users = np.sort(rng.choice(users, cfg.train.valid_users, replace=False))
+        self.valid_users = users  # also the users of the ranking validation (select_by ndcg)
         samples = {
             T.SEQUENTIAL: T.sequential_eval_samples(data, users, "valid", cfg.train.max_history),
             T.DIRECT: T.direct_eval_samples(data, users, "valid", cfg.train.seed, cfg.train.n_negatives),
@@ -333,6 +354,21 @@ class _Training:
         losses["mean"] = float(np.mean(list(losses.values()))) if losses else math.inf
         return losses
 
+    def selection_value(self, valid: dict[str, float], metrics: dict | None) -> float:
+        """What best/ is chosen by: the mean validation loss, or the mean validation NDCG@10 of the
+        ranking tasks (rank 0 computes it; every rank gets its value, so all stop alike)."""
+        if self.cfg.train.select_by == "loss":
+            return valid["mean"]
+        value = 0.0
+        if self.ctx.main:
+            ranked = [t for t in self.tasks if t in (T.SEQUENTIAL, T.DIRECT)]
+            try:
+                value = float(np.mean([metrics[t]["NDCG@10"] for t in ranked]))
+            except (KeyError, TypeError):
+                raise ValueError(f"select_by 'ndcg' needs NDCG@10 of {ranked} from the validate callback, "
+                                 f"got {metrics!r}") from None
+        return self.ctx.all_reduce_sum([value], self.device)[0]
+
     # --- the loop -----------------------------------------------------------------------------
     def fit(self, progress: bool, echo, validate=None) -> str:
         """Epochs until ``epochs``, early stopping or the budget (counted from now); after each:
@@ -351,23 +387,28 @@ class _Training:
             train_stats, out_of_time = self.train_epoch(deadline, progress)
             self.epoch += 1
             valid = self.validation_loss()
-            improved = valid["mean"] < self.best
+            metrics = validate(self.model, self.tokenizer) if validate is not None and ctx.main else None
+            value = self.selection_value(valid, metrics)
+            improved = value < self.best if cfg.train.select_by == "loss" else value > self.best
             if improved:
-                self.best, self.bad_epochs = valid["mean"], 0
+                self.best, self.best_epoch, self.bad_epochs = value, self.epoch, 0
             else:
                 self.bad_epochs += 1
             self.elapsed = time.time() - start
             record = {"epoch": self.epoch, "train": train_stats, "valid_loss": valid, "best": self.best,
-                      "elapsed_s": round(self.elapsed, 2), "lr": self.scheduler.get_last_lr()[0]}
-            if validate is not None and ctx.main:
-                record["valid_metrics"] = validate(self.model, self.tokenizer)
+                      "best_epoch": self.best_epoch, "elapsed_s": round(self.elapsed, 2),
+                      "lr": self.scheduler.get_last_lr()[0]}
+            if metrics is not None:
+                record["valid_metrics"] = metrics
             if improved:
                 self.save(BEST, with_state=False)
             self.save(LAST, with_state=True)
             self.log(record)  # after the checkpoint: a logged epoch is always a resumable one
             ctx.barrier()  # no rank runs ahead of the checkpoint (a failure there stops the job here)
+            ranking = f", NDCG@10 {value:.4f}" if cfg.train.select_by == "ndcg" else ""
             echo(f"epoch {self.epoch}: " + ", ".join(f"{t} {v['loss']:.4f}" for t, v in train_stats.items())
-                 + " | valid " + ", ".join(f"{t} {v:.4f}" for t, v in valid.items()) + (" *" if improved else ""))
+                 + " | valid " + ", ".join(f"{t} {v:.4f}" for t, v in valid.items()) + ranking
+                 + (" *" if improved else ""))
             if self.bad_epochs >= cfg.train.patience:
                 return "early_stopping"
             if out_of_time:
@@ -381,7 +422,8 @@ class _Training:
         state = None
         if with_state:
             state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                     "epoch": self.epoch, "best": self.best, "bad_epochs": self.bad_epochs, "elapsed": self.elapsed}
+                     "epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch,
+                     "bad_epochs": self.bad_epochs, "elapsed": self.elapsed}
         self.model.save_pretrained(self.out / name, self.tokenizer, checkpoint.run_files(self.data, self.cfg, state))
 
     def restore(self, directory: Path) -> None:
@@ -391,6 +433,7 @@ class _Training:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.best = state["epoch"], state["best"]
+        self.best_epoch = state.get("best_epoch", 0)  # runs before select_by did not store it
         self.bad_epochs, self.elapsed = state["bad_epochs"], state["elapsed"]
 
     def log(self, record: dict) -> None:
@@ -407,7 +450,9 @@ def train(
     ``config.json``). With ``resume``, continue from ``out_dir/last`` with the run's saved config.
 
     ``validate(model, tokenizer) -> dict``, if given, is called after every epoch and its result
-    (e.g. validation HR/NDCG) is logged; checkpoint selection stays on the validation loss.
+    (e.g. ``validation_metrics``: HR/NDCG per task) is logged; ``select_by`` says whether the
+    validation loss or its NDCG@10 chooses best/ (``validation_metrics`` on the validation-loss
+    users unless ``validate`` is given).
     ``ctx``: this process's rank under torchrun (``distributed.from_env()``); None: one process."""
     tune_cpu()
     ctx = ctx or Context()
@@ -438,7 +483,7 @@ def train(
             lines = (out / LOG_FILE).read_text().splitlines()
             kept = [ln for ln in lines if json.loads(ln)["epoch"] <= run.epoch]
             atomic_write_text(out / LOG_FILE, "".join(k + "\n" for k in kept))
-        echo(f"resuming after epoch {run.epoch} (best validation loss {run.best:.4f})")
+        echo(f"resuming after epoch {run.epoch} (best validation {run.cfg.train.select_by} {run.best:.4f})")
     else:
         if ctx.main:
             run.cfg.save(out / "config.json")
@@ -450,11 +495,15 @@ def train(
             echo("validation loss of an item prior (training frequencies, prompt ignored): "
                  + ", ".join(f"{t} {v:.4f}" for t, v in prior.items())
                  + "; a model has to go below it to show that it reads its prompt")
+    if validate is None and run.cfg.train.select_by == "ndcg":
+        validate = validation_metrics(dataset, run.valid_users, run.cfg,
+                                      [t for t in run.tasks if t in (T.SEQUENTIAL, T.DIRECT)])
     stop = run.fit(progress, echo, validate)
     if not (out / BEST).is_dir():
         raise ValueError(f"{out}: no epoch gave a finite validation loss, so there is no best checkpoint")
-    return {"epochs": run.epoch, "best_valid_loss": run.best, "stopped": stop,
+    return {"epochs": run.epoch, f"best_valid_{run.cfg.train.select_by}": run.best, "best_epoch": run.best_epoch,
+            "stopped": stop,
             "checkpoint": str(out / BEST), "elapsed_s": run.elapsed}
 
 
-__all__ = ["train", "fresh_model", "active_tasks", "item_prior_loss", "BEST", "LAST"]
+__all__ = ["train", "validation_metrics", "fresh_model", "active_tasks", "item_prior_loss", "BEST", "LAST"]
