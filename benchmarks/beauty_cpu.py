@@ -131,7 +131,9 @@ def valid_against_prior(run_dir: Path) -> dict:
 def row_overrides(args: argparse.Namespace) -> dict:
     """The configuration fields every ELMRec row gets from the command line (over --config)."""
     overrides = dict(size=args.size, budget_minutes=args.budget_minutes, valid_users=args.valid_users,
-                     threads=args.threads, epochs=args.epochs, device=args.device, seed=args.seed)
+                     threads=args.threads, device=args.device, seed=args.seed)
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
     for item in args.set or []:
         key, _, value = item.partition("=")
         overrides[key] = value
@@ -185,7 +187,8 @@ def run(args: argparse.Namespace, save) -> dict:
             run_dir = out / name / row
             summary = train(cfg, dataset, run_dir, progress=args.progress, echo=lambda s: None)
             wall = time.time() - t0
-            results[f"{row} (train)"] = {**summary, "valid_vs_prior": valid_against_prior(run_dir)}
+            results[f"{row} (train)"] = {**summary, "valid_vs_prior": valid_against_prior(run_dir),
+                                         "config": json.loads((run_dir / "config.json").read_text())}
             best = Recommender.from_pretrained(run_dir / "best", device=args.device)
             probe(row, best)
             score(row, best, tasks=eval_tasks, wall=wall)
@@ -290,7 +293,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", default="cpu")
     p.add_argument("--preset", default="beauty")
     p.add_argument("--budget-minutes", type=float, default=30.0, help="training budget per ELMRec row")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, help="epoch cap of the ELMRec rows (default: the configuration's)")
     p.add_argument("--reindex", choices=("p5", "random", "both"), default="both")
     p.add_argument("--parallel", action="store_true",
                    help="with --reindex both: run the two indexings at once, one process each")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,8 @@ def test_beauty_benchmark_pipeline_runs_on_tiny_data(synthetic_dir, tmp_path, ca
     assert {"popularity", "cooccurrence", "id-shortcut", "sasrec", "no-rerank", "seq-direct", *trained} <= set(rows)
     for ablation in trained[1:]:  # each trained, saved, evaluated
         assert rows[ablation]["direct_users"] == 12 and rows[f"{ablation} (train)"]["epochs"] == 1
+    assert rows["no-graph (train)"]["config"]["model"]["use_graph"] is False  # each row's resolved config
+    assert rows["elmrec (train)"]["config"]["train"]["steps_per_epoch"] == 1
     assert 0 <= rows["elmrec"]["sequential"]["NDCG@10"] <= 1 and rows["elmrec"]["wall_s"] > 0
     assert rows["elmrec"]["direct_users"] == rows["no-rerank"]["sequential_users"] == 12
     assert "direct" not in rows["no-rerank"]  # reranking does not touch direct results: not run again
@@ -371,17 +374,21 @@ def test_render_merges_per_task_reports_cell_by_cell(tmp_path, capsys):
 def test_the_shipped_sequential_recipe_is_the_one_benchmarked():
     """configs/beauty-cpu-sequential.yaml resolves to the configuration of the sequential model
     whose figures BENCHMARKS.md reports (its report records the flags it ran with)."""
-    from elmrec.config import load_config
+    from elmrec.config import config_from_dict, load_config
 
     root = Path(__file__).resolve().parents[1]
     report = json.loads((root / "benchmarks" / "results" / "beauty-60min-seq.json").read_text())
-    measured = load_config(preset=report["preset"], overrides=report["overrides"])
-    benchmark_flags = ("size", "budget_minutes", "valid_users", "threads", "epochs", "device", "seed")
-    shipped = load_config(root / "configs" / "beauty-cpu-sequential.yaml", preset=report["preset"],
-                          overrides={k: report["overrides"][k] for k in benchmark_flags})
-    assert shipped.model == measured.model
-    assert shipped.train == measured.train
-    assert shipped.eval == measured.eval
+    for reindexing, rows in report["results"].items():
+        measured = config_from_dict(rows["elmrec (train)"]["config"])  # as the run resolved and saved it
+        benchmark_flags = ("size", "budget_minutes", "valid_users", "threads", "device", "seed")
+        shipped = load_config(root / "configs" / "beauty-cpu-sequential.yaml", preset=report["preset"],
+                              overrides={k: report["overrides"][k] for k in benchmark_flags})
+        # what the run resolved from its device
+        shipped.train = replace(shipped.train, length_groups=measured.train.length_groups,
+                                loader_workers=measured.train.loader_workers)
+        assert shipped.model == measured.model, reindexing
+        assert shipped.train == measured.train, reindexing
+        assert shipped.eval == measured.eval, reindexing
 
 
 @pytest.mark.parametrize("flags, message", [
