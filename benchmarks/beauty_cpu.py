@@ -128,6 +128,14 @@ def valid_against_prior(run_dir: Path) -> dict:
             for task, prior in log[0].get("item_prior_loss", {}).items()}
 
 
+def reads_graph(cfg) -> bool:
+    """Whether a model of this configuration reads its graph-aware embeddings in training: direct
+    and explanation prompts do, sequential prompts only without incremental embeddings, and the
+    graph-aware output head does."""
+    tasks = set(cfg.train.tasks)
+    return bool(tasks - {"sequential"}) or not cfg.model.use_incremental or cfg.model.graph_head
+
+
 def row_overrides(args: argparse.Namespace) -> dict:
     """The configuration fields every ELMRec row gets from the command line (over --config)."""
     overrides = dict(size=args.size, budget_minutes=args.budget_minutes, valid_users=args.valid_users,
@@ -184,6 +192,11 @@ def run(args: argparse.Namespace, save) -> dict:
                 probe(row, sasrec)
                 continue
             cfg = load_config(args.config, preset=args.preset, overrides={**overrides, **ABLATIONS[row]})
+            if row == "no-graph" and not reads_graph(cfg):
+                print(f"[{name}] no-graph: skipped, this configuration never reads the graph-aware embeddings "
+                      "(sequential prompts take the incremental ones), so it would train the elmrec row again",
+                      flush=True)
+                continue
             run_dir = out / name / row
             summary = train(cfg, dataset, run_dir, progress=args.progress, echo=lambda s: None)
             wall = time.time() - t0

@@ -371,6 +371,23 @@ def test_render_merges_per_task_reports_cell_by_cell(tmp_path, capsys):
     assert "disagree on direct" in capsys.readouterr().err
 
 
+def test_the_quality_benchmark_skips_a_no_graph_row_that_would_train_the_same_model(synthetic_dir, tmp_path, capsys):
+    bench = _script("beauty_cpu")
+    from elmrec.config import load_config
+
+    assert not bench.reads_graph(load_config(overrides={"tasks": ["sequential"]}))
+    assert bench.reads_graph(load_config(overrides={"tasks": ["sequential"], "use_incremental": False}))
+    assert bench.reads_graph(load_config(overrides={"tasks": ["sequential"], "graph_head": True}))
+    assert bench.reads_graph(load_config(overrides={"tasks": ["sequential", "direct"]}))
+    out = tmp_path / "bench"
+    assert bench.main(["--data", str(synthetic_dir), "--out", str(out), "--size", "tiny", "--reindex", "p5",
+                       "--rows", "no-graph", "--set", "tasks=sequential", "--eval-users", "5", "--probe-users", "0",
+                       "--threads", "1"]) == 0
+    assert "no-graph: skipped" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert "no-graph" not in report["results"]["p5"] and not (out / "p5" / "no-graph").exists()
+
+
 def test_the_shipped_sequential_recipe_is_the_one_benchmarked():
     """configs/beauty-cpu-sequential.yaml resolves to the configuration of the sequential model
     whose figures BENCHMARKS.md reports (its report records the flags it ran with)."""
