@@ -382,7 +382,8 @@ def test_the_quality_benchmark_skips_a_no_graph_row_that_would_train_the_same_mo
     out = tmp_path / "bench"
     assert bench.main(["--data", str(synthetic_dir), "--out", str(out), "--size", "tiny", "--reindex", "p5",
                        "--rows", "no-graph", "--set", "tasks=sequential", "--eval-users", "5", "--probe-users", "0",
-                       "--threads", "1"]) == 0
+                       "--threads", "1", "--epochs", "1", "--budget-minutes", "0.05",  # fails fast if it trains
+                       "--set", "steps_per_epoch=1"]) == 0
     assert "no-graph: skipped" in capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     assert "no-graph" not in report["results"]["p5"] and not (out / "p5" / "no-graph").exists()

@@ -289,15 +289,33 @@ def test_select_by_ndcg_keeps_the_epoch_of_the_highest_validation_ndcg(tmp_path,
     assert result["best_epoch"] == 2 and result["best_valid_ndcg"] == 0.3
     log = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["best_epoch"] for r in log[1:]] == [1, 2, 2, 2]
+    assert result["best_valid_loss"] == log[2]["valid_loss"]["mean"]  # the loss of best/, not the lowest
     best, last = _weights(tmp_path / "run" / "best"), _weights(tmp_path / "run" / "last")
     assert any((best[k] != last[k]).any() for k in best)  # best/ stayed at epoch 2
 
-    # without a callback the run measures its own validation NDCG on the validation-loss users
-    result = train(_cfg(epochs=2, tasks=["sequential"], select_by="ndcg", valid_users=30), synthetic_dataset,
-                   tmp_path / "own", progress=False, echo=lambda s: None)
+    # without a callback the run measures its own validation NDCG on the validation-loss users; a
+    # resumed run takes up the same selection (best, best epoch) and ends with the same best/
+    own = _cfg(epochs=3, tasks=["sequential"], select_by="ndcg", valid_users=30, lr=3e-3)
+    result = train(own, synthetic_dataset, tmp_path / "own", progress=False, echo=lambda s: None)
     log = [json.loads(ln) for ln in (tmp_path / "own" / "log.jsonl").read_text().splitlines()][1:]
     ndcg = [r["valid_metrics"]["sequential"]["NDCG@10"] for r in log]
     assert result["best_valid_ndcg"] == max(ndcg) and log[-1]["best_epoch"] == 1 + int(np.argmax(ndcg))
+    assert len(set(ndcg)) > 1  # the epochs differ, so the choice means something
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(message):
+        if message.startswith("epoch 2:"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(own, synthetic_dataset, tmp_path / "cut", progress=False, echo=interrupt)
+    resumed = train(own, synthetic_dataset, tmp_path / "cut", resume=True, progress=False, echo=lambda s: None)
+    assert {k: v for k, v in resumed.items() if k not in ("checkpoint", "elapsed_s")} == \
+        {k: v for k, v in result.items() if k not in ("checkpoint", "elapsed_s")}
+    full, cut = _weights(tmp_path / "own" / "best"), _weights(tmp_path / "cut" / "best")
+    assert all((full[k] == cut[k]).all() for k in full)
 
     with pytest.raises(ValueError, match="NDCG@10"):
         train(cfg, synthetic_dataset, tmp_path / "bad", progress=False, echo=lambda s: None,

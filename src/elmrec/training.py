@@ -160,6 +160,7 @@ def validation_metrics(dataset: Dataset, users: np.ndarray, cfg: Config, tasks=(
     split, read from the model being trained exactly as ``evaluate`` reads a checkpoint."""
 
     def run(model: ELMRec, tokenizer) -> dict:
+        model.eval()
         rec = Recommender(model, tokenizer, cfg, dataset.offsets, dataset.items, dataset.summary())
         out = {}
         for task in tasks:
@@ -208,6 +209,7 @@ class _Training:
         # best: the selection value of best/ (loss: lower is better; ndcg: higher is better)
         self.epoch, self.bad_epochs, self.elapsed = 0, 0, 0.0
         self.best, self.best_epoch = (math.inf if cfg.train.select_by == "loss" else -math.inf), 0
+        self.best_loss = math.inf  # the mean validation loss of best/
         self.valid_batches = self._validation_batches()
 
     # --- data ---------------------------------------------------------------------------------
@@ -391,7 +393,7 @@ class _Training:
             value = self.selection_value(valid, metrics)
             improved = value < self.best if cfg.train.select_by == "loss" else value > self.best
             if improved:
-                self.best, self.best_epoch, self.bad_epochs = value, self.epoch, 0
+                self.best, self.best_epoch, self.best_loss, self.bad_epochs = value, self.epoch, valid["mean"], 0
             else:
                 self.bad_epochs += 1
             self.elapsed = time.time() - start
@@ -423,7 +425,7 @@ class _Training:
         if with_state:
             state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                      "epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch,
-                     "bad_epochs": self.bad_epochs, "elapsed": self.elapsed}
+                     "best_loss": self.best_loss, "bad_epochs": self.bad_epochs, "elapsed": self.elapsed}
         self.model.save_pretrained(self.out / name, self.tokenizer, checkpoint.run_files(self.data, self.cfg, state))
 
     def restore(self, directory: Path) -> None:
@@ -433,7 +435,8 @@ class _Training:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.best = state["epoch"], state["best"]
-        self.best_epoch = state.get("best_epoch", 0)  # runs before select_by did not store it
+        # runs before select_by chose by loss and did not store these
+        self.best_epoch, self.best_loss = state.get("best_epoch", 0), state.get("best_loss", state["best"])
         self.bad_epochs, self.elapsed = state["bad_epochs"], state["elapsed"]
 
     def log(self, record: dict) -> None:
@@ -500,8 +503,10 @@ def train(
                                       [t for t in run.tasks if t in (T.SEQUENTIAL, T.DIRECT)])
     stop = run.fit(progress, echo, validate)
     if not (out / BEST).is_dir():
-        raise ValueError(f"{out}: no epoch gave a finite validation loss, so there is no best checkpoint")
-    return {"epochs": run.epoch, f"best_valid_{run.cfg.train.select_by}": run.best, "best_epoch": run.best_epoch,
+        raise ValueError(f"{out}: no epoch gave a finite validation {run.cfg.train.select_by}, so there is no "
+                         "best checkpoint")
+    ndcg = {"best_valid_ndcg": run.best} if run.cfg.train.select_by == "ndcg" else {}
+    return {"epochs": run.epoch, "best_valid_loss": run.best_loss, **ndcg, "best_epoch": run.best_epoch,
             "stopped": stop,
             "checkpoint": str(out / BEST), "elapsed_s": run.elapsed}
 
