@@ -190,6 +190,7 @@ class _Training:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.tasks = active_tasks(cfg, dataset)
+        self.ranking_tasks = [t for t in self.tasks if t in (T.SEQUENTIAL, T.DIRECT)]  # what select_by ndcg reads
         if not self.tasks:
             raise ValueError(f"no trainable task among {cfg.train.tasks} for this dataset")
         self.model, self.tokenizer = fresh_model(cfg, dataset, tokenizer_dir)
@@ -363,7 +364,7 @@ class _Training:
             return valid["mean"]
         value = 0.0
         if self.ctx.main:
-            ranked = [t for t in self.tasks if t in (T.SEQUENTIAL, T.DIRECT)]
+            ranked = self.ranking_tasks
             try:
                 value = float(np.mean([metrics[t]["NDCG@10"] for t in ranked]))
             except (KeyError, TypeError):
@@ -499,8 +500,7 @@ def train(
                  + ", ".join(f"{t} {v:.4f}" for t, v in prior.items())
                  + "; a model has to go below it to show that it reads its prompt")
     if validate is None and run.cfg.train.select_by == "ndcg":
-        validate = validation_metrics(dataset, run.valid_users, run.cfg,
-                                      [t for t in run.tasks if t in (T.SEQUENTIAL, T.DIRECT)])
+        validate = validation_metrics(dataset, run.valid_users, run.cfg, run.ranking_tasks)
     stop = run.fit(progress, echo, validate)
     if not (out / BEST).is_dir():
         raise ValueError(f"{out}: no epoch gave a finite validation {run.cfg.train.select_by}, so there is no "
