@@ -44,7 +44,9 @@ ABLATIONS = {
     "no-graph": {"use_graph": False},
     "no-incremental": {"use_incremental": False},
     "no-soft-prompts": {"use_soft_prompts": False},
-    "digits": {"id_tokens": "digits", "seq_targets": 1},  # continuations are for one-token ids
+    # the paper's digit-piece ids; the options built on one token per id (continuations, one decoder
+    # step per history prefix, the latest item as the decoder's first input) are switched off
+    "digits": {"id_tokens": "digits", "seq_targets": 1, "causal_history": False, "last_item_start": False},
 }
 BASELINE_ROWS = ("popularity", "cooccurrence", "id-shortcut")
 # rows that re-evaluate the elmrec checkpoint: without reranking; direct read from the sequential prompt

@@ -420,3 +420,22 @@ def test_the_quality_benchmark_refuses_a_bad_configuration_before_it_starts(tmp_
                     "--rows", "elmrec", *flags])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_every_ablation_row_resolves_against_the_shipped_recipe():
+    """An ablation changes what it names and keeps the recipe otherwise; the digits row turns off the
+    options that need one token per id, which the recipe uses (and which refuse digit-piece ids)."""
+    from elmrec.config import load_config
+
+    bench = _script("beauty_cpu")
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "beauty-cpu-sequential.yaml"
+    base = load_config(recipe)
+    assert base.model.causal_history and base.model.last_item_start  # what makes the digits row special
+    for row, overrides in bench.ABLATIONS.items():
+        cfg = load_config(recipe, overrides=overrides)  # raises if the combination is invalid
+        assert cfg.train == replace(base.train, seq_targets=cfg.train.seq_targets), row
+        assert cfg.eval == base.eval, row
+    digits = load_config(recipe, overrides=bench.ABLATIONS["digits"])
+    assert digits.model.id_tokens == "digits" and not digits.model.causal_history
+    assert replace(digits.model, id_tokens=base.model.id_tokens, causal_history=True,
+                   last_item_start=True) == base.model
