@@ -54,10 +54,15 @@ BASELINE_ROWS = ("popularity", "cooccurrence", "id-shortcut")
 DERIVED_ROWS = {"no-rerank": "sequential", "seq-direct": "direct"}
 
 
-def commit() -> str:
+def commit(root: Path = ROOT) -> str:
+    """HEAD's short hash, with "+dirty" when tracked files differ from it: a report then says that
+    its figures came from code no commit holds."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        head = git("rev-parse", "--short", "HEAD")
+        return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

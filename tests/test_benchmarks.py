@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -439,3 +440,19 @@ def test_every_ablation_row_resolves_against_the_shipped_recipe():
         assert cfg.eval == base.eval, row
     digits = load_config(recipe, overrides=bench.ABLATIONS["digits"])
     assert digits.model.id_tokens == "digits" and not digits.model.causal_history
+
+
+def test_reports_mark_a_commit_whose_tracked_files_were_changed(tmp_path):
+    bench = _script("beauty_cpu")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a"], check=True)
+    head = bench.commit(tmp_path)
+    assert head and "+" not in head and head != "unknown"
+    (tmp_path / "untracked.txt").write_text("ignored\n")
+    assert bench.commit(tmp_path) == head
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert bench.commit(tmp_path) == head + "+dirty"
+    assert bench.commit(tmp_path / "no-such-dir") == "unknown"
