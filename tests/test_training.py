@@ -133,8 +133,9 @@ def _weights(path):
     return load_file(str(path / "model.safetensors"))
 
 
-def test_resume_equals_an_uninterrupted_run(tmp_path, synthetic_dataset):
-    cfg = _cfg(epochs=2, patience=10)
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_resume_equals_an_uninterrupted_run(tmp_path, synthetic_dataset, ema_decay):
+    cfg = _cfg(epochs=2, patience=10, ema_decay=ema_decay)
     train(cfg, synthetic_dataset, tmp_path / "full", progress=False, echo=lambda s: None)
 
     class Stop(Exception):
@@ -158,6 +159,36 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, synthetic_dataset):
         return [json.loads(ln)["valid_loss"] for ln in (tmp_path / run / "log.jsonl").read_text().splitlines()]
 
     assert losses("full") == losses("cut")
+
+
+def test_moving_average_is_what_validation_reads_and_checkpoints_hold(tmp_path, synthetic_dataset, monkeypatch):
+    from elmrec.checkpoint import read_training_state
+    from elmrec.training import LAST, _Training
+
+    decay, seen = 0.8, []
+    step = _Training.step
+
+    def recording_step(self, batch):
+        out = step(self, batch)
+        seen.append(self.model.soft_prompts.detach().clone())
+        return out
+
+    monkeypatch.setattr(_Training, "step", recording_step)
+    cfg = _cfg(epochs=2, patience=10, tasks=["sequential", "direct"], ema_decay=decay)
+    train(cfg, synthetic_dataset, tmp_path / "run", progress=False, echo=lambda s: None)
+    # by hand: the first step's weights, then a decay-weighted average of every later step's
+    expected = seen[0]
+    for w in seen[1:]:
+        expected = decay * expected + (1 - decay) * w
+    saved = _weights(tmp_path / "run" / LAST)["soft_prompts"]
+    assert len(seen) == 8 and torch.allclose(saved, expected, atol=1e-6)
+    trained = read_training_state(tmp_path / "run" / LAST, torch.device("cpu"))["trained_weights"]
+    assert torch.equal(trained["soft_prompts"], seen[-1]) and not torch.allclose(saved, seen[-1])
+    # the logged validation loss is the checkpoint's (no graph embeddings cached from older weights)
+    logged = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])["valid_loss"]
+    fresh = _Training(cfg, synthetic_dataset, tmp_path / "run", tokenizer_dir=tmp_path / "run" / LAST)
+    fresh.restore(tmp_path / "run" / LAST)
+    assert fresh.validation_loss() == pytest.approx(logged, rel=1e-6)
 
 
 def test_same_seed_same_model_and_another_seed_differs(tmp_path, synthetic_dataset):
@@ -270,7 +301,8 @@ def test_settings_that_cannot_work_are_refused():
     for bad in ({"max_history": 0}, {"top_n": -1}, {"eval_batch_size": 0}, {"budget_minutes": 0},
                 {"valid_users": 0}, {"n_positions": 10, "max_history": 20}, {"graph_self_weight": -1},
                 {"graph_self_weight": 0, "graph_layers": 0}, {"seq_targets": 0},
-                {"seq_targets": 3, "id_tokens": "digits"}, {"direct_decode": "beam", "id_tokens": "item"}):
+                {"seq_targets": 3, "id_tokens": "digits"}, {"direct_decode": "beam", "id_tokens": "item"},
+                {"ema_decay": 1.0}, {"ema_decay": 0}):
         with pytest.raises(ValueError, match="invalid configuration"):
             load_config(overrides=bad)
     assert load_config(overrides={"seq_targets": 3}).train.seq_targets == 3  # item scheme by default

@@ -92,6 +92,10 @@ class TrainConfig:
     # constant after warm-up, or linear decay to 0 at the end of `epochs` (plan epochs to fit a
     # budget: a run stopped by the budget never reaches the low learning rates)
     lr_schedule: typing.Literal["constant", "linear"] = "constant"
+    # departure, off by default: validation, best/ and the trained model use an exponential moving
+    # average of the weights (this decay per step), which smooths a constant learning rate's noise
+    # without knowing when a budget will stop the run (docs/training.md)
+    ema_decay: float | None = None
     grad_clip: float = 1.0
     epochs: int = 100
     patience: int = 5
@@ -243,6 +247,8 @@ def _validate(data: dict) -> Config:
                         f"(or unset), got {cfg.train.n_negatives_start}")
     if cfg.train.curriculum_epochs < 1:
         problems.append(f"train.curriculum_epochs must be >= 1, got {cfg.train.curriculum_epochs}")
+    if cfg.train.ema_decay is not None and not 0 < cfg.train.ema_decay < 1:
+        problems.append(f"train.ema_decay must be between 0 and 1 (or unset), got {cfg.train.ema_decay}")
     if cfg.train.budget_minutes is not None and cfg.train.budget_minutes <= 0:
         problems.append("train.budget_minutes must be > 0 (or unset)")
     if cfg.eval.extra_candidates < 0 or cfg.model.graph_layers < 0:

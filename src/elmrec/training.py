@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -207,6 +208,11 @@ class _Training:
             self.optimizer,
             lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup)) if total else 1.0),
         )
+        # train.ema_decay: a moving average of the weights is what validation reads and checkpoints
+        # hold; the trained weights ride in last/'s training state (for resume)
+        self.ema = None
+        if cfg.train.ema_decay is not None:
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay))
         # best: the selection value of best/ (loss: lower is better; ndcg: higher is better)
         self.epoch, self.bad_epochs, self.elapsed = 0, 0, 0.0
         self.best, self.best_epoch = (math.inf if cfg.train.select_by == "loss" else -math.inf), 0
@@ -337,18 +343,26 @@ class _Training:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         (loss,) = ctx.all_reduce_sum([loss.item()], self.device)
         return loss, int(size)
+
+    def evaluated_model(self) -> ELMRec:
+        """The weights validation measures and checkpoints hold: the moving average (ema_decay) or
+        the trained weights themselves."""
+        return self.ema.module if self.ema is not None else self.model
 
     @torch.no_grad()
     def validation_loss(self) -> dict[str, float]:
         """Mean loss per task; ranks take turns over the batches and sum, so every rank gets the
         same numbers (and so takes the same early-stopping decision)."""
-        self.model.eval()
+        model = self.evaluated_model()
+        model.eval()  # also drops the graph cache of weights that have changed since
         totals: dict[str, list[float]] = {t: [0.0, 0] for t in self.tasks}
         for b in self.valid_batches[self.ctx.rank :: self.ctx.world]:
             with self.autocast():
-                loss = self.model(b.task, **b.inputs, labels=b.labels)
+                loss = model(b.task, **b.inputs, labels=b.labels)
             totals[b.task][0] += loss.item() * b.size
             totals[b.task][1] += b.size
         sums = self.ctx.all_reduce_sum([v for t in self.tasks for v in totals[t]], self.device)
@@ -390,7 +404,7 @@ class _Training:
             train_stats, out_of_time = self.train_epoch(deadline, progress)
             self.epoch += 1
             valid = self.validation_loss()
-            metrics = validate(self.model, self.tokenizer) if validate is not None and ctx.main else None
+            metrics = validate(self.evaluated_model(), self.tokenizer) if validate is not None and ctx.main else None
             value = self.selection_value(valid, metrics)
             improved = value < self.best if cfg.train.select_by == "loss" else value > self.best
             if improved:
@@ -427,12 +441,21 @@ class _Training:
             state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                      "epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch,
                      "best_loss": self.best_loss, "bad_epochs": self.bad_epochs, "elapsed": self.elapsed}
-        self.model.save_pretrained(self.out / name, self.tokenizer, checkpoint.run_files(self.data, self.cfg, state))
+            if self.ema is not None:
+                state["trained_weights"] = self.model.state_dict()
+                state["ema_updates"] = int(self.ema.n_averaged)
+        self.evaluated_model().save_pretrained(self.out / name, self.tokenizer,
+                                               checkpoint.run_files(self.data, self.cfg, state))
 
     def restore(self, directory: Path) -> None:
         model, _ = ELMRec.from_pretrained(directory, self.device)
-        self.model.load_state_dict(model.state_dict())
         state = checkpoint.read_training_state(directory, self.device)
+        if self.ema is not None:
+            self.ema.module.load_state_dict(model.state_dict())
+            self.ema.n_averaged.fill_(state["ema_updates"])
+            self.model.load_state_dict(state["trained_weights"])
+        else:
+            self.model.load_state_dict(model.state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.best = state["epoch"], state["best"]
