@@ -7,7 +7,8 @@ A checkpoint (``RUN/best``, ``RUN/last``) is a directory written atomically (``i
 - ``run_config.json`` (the run's resolved configuration), ``dataset.json`` (name, sizes,
   fingerprint), ``histories.safetensors`` and ``datamaps.json`` (original ids): what inference
   needs without the dataset directory;
-- ``training_state.pt`` (``last/`` only): optimizer, scheduler and early-stopping state for
+- ``training_state.pt`` (``last/`` only): optimizer, scheduler and early-stopping state (and with
+  ``ema_decay`` the trained weights, the model files holding their average) for
   ``--resume``.
 """
 
