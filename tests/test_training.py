@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -173,20 +174,28 @@ def test_moving_average_is_what_validation_reads_and_checkpoints_hold(tmp_path, 
         seen.append(self.model.soft_prompts.detach().clone())
         return out
 
+    def validate(model, tokenizer):  # the ranking callback (select_by ndcg) is given the average too
+        given.append(model.soft_prompts.detach().clone())
+        return {}
+
+    given = []
     monkeypatch.setattr(_Training, "step", recording_step)
     cfg = _cfg(epochs=2, patience=10, tasks=["sequential", "direct"], ema_decay=decay)
-    train(cfg, synthetic_dataset, tmp_path / "run", progress=False, echo=lambda s: None)
+    train(cfg, synthetic_dataset, tmp_path / "run", progress=False, echo=lambda s: None, validate=validate)
     # by hand: the first step's weights, then a decay-weighted average of every later step's
     expected = seen[0]
     for w in seen[1:]:
         expected = decay * expected + (1 - decay) * w
     saved = _weights(tmp_path / "run" / LAST)["soft_prompts"]
     assert len(seen) == 8 and torch.allclose(saved, expected, atol=1e-6)
+    assert len(given) == 2 and torch.allclose(given[-1], expected, atol=1e-6)
     trained = read_training_state(tmp_path / "run" / LAST, torch.device("cpu"))["trained_weights"]
     assert torch.equal(trained["soft_prompts"], seen[-1]) and not torch.allclose(saved, seen[-1])
-    # the logged validation loss is the checkpoint's (no graph embeddings cached from older weights)
+    # the logged validation loss is the checkpoint's (not the trained weights', and no graph
+    # embeddings cached from older weights): a run without the average reads the model files only
     logged = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])["valid_loss"]
-    fresh = _Training(cfg, synthetic_dataset, tmp_path / "run", tokenizer_dir=tmp_path / "run" / LAST)
+    fresh = _Training(replace(cfg, train=replace(cfg.train, ema_decay=None)), synthetic_dataset, tmp_path / "run",
+                      tokenizer_dir=tmp_path / "run" / LAST)
     fresh.restore(tmp_path / "run" / LAST)
     assert fresh.validation_loss() == pytest.approx(logged, rel=1e-6)
 
