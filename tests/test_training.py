@@ -162,6 +162,17 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, synthetic_dataset, ema_dec
     assert losses("full") == losses("cut")
 
 
+def test_a_checkpoint_without_the_average_is_not_resumed_as_one(tmp_path, synthetic_dataset):
+    from elmrec.training import LAST, _Training
+
+    cfg = _cfg(epochs=1)
+    train(cfg, synthetic_dataset, tmp_path / "run", progress=False, echo=lambda s: None)
+    averaged = replace(cfg, train=replace(cfg.train, ema_decay=0.9))
+    session = _Training(averaged, synthetic_dataset, tmp_path / "run", tokenizer_dir=tmp_path / "run" / LAST)
+    with pytest.raises(ValueError, match="without ema_decay"):
+        session.restore(tmp_path / "run" / LAST)
+
+
 def test_moving_average_is_what_validation_reads_and_checkpoints_hold(tmp_path, synthetic_dataset, monkeypatch):
     from elmrec.checkpoint import read_training_state
     from elmrec.training import LAST, _Training
@@ -206,6 +217,17 @@ def test_same_seed_same_model_and_another_seed_differs(tmp_path, synthetic_datas
     a, b, c = (_weights(tmp_path / n / "best") for n in "abc")
     assert all((a[k] == b[k]).all() for k in a)
     assert any((a[k] != c[k]).any() for k in a)
+
+
+def test_valid_seed_holds_the_validation_users_while_the_training_seed_changes(tmp_path, synthetic_dataset):
+    from elmrec.training import _Training
+
+    def users(**train_fields):
+        return _Training(_cfg(valid_users=20, **train_fields), synthetic_dataset, tmp_path / "run").valid_users
+
+    assert not np.array_equal(users(seed=1), users(seed=2))  # by default the seed draws them too
+    assert np.array_equal(users(seed=1, valid_seed=7), users(seed=2, valid_seed=7))
+    assert np.array_equal(users(seed=7), users(seed=3, valid_seed=7))
 
 
 def test_loader_workers_make_the_same_batches_and_unset_settings_follow_the_device(tmp_path, synthetic_dataset):
@@ -311,7 +333,7 @@ def test_settings_that_cannot_work_are_refused():
                 {"valid_users": 0}, {"n_positions": 10, "max_history": 20}, {"graph_self_weight": -1},
                 {"graph_self_weight": 0, "graph_layers": 0}, {"seq_targets": 0},
                 {"seq_targets": 3, "id_tokens": "digits"}, {"direct_decode": "beam", "id_tokens": "item"},
-                {"ema_decay": 1.0}, {"ema_decay": 0}):
+                {"ema_decay": 1.0}, {"ema_decay": 0}, {"label_smoothing": 1.0}, {"label_smoothing": -0.1}):
         with pytest.raises(ValueError, match="invalid configuration"):
             load_config(overrides=bad)
     assert load_config(overrides={"seq_targets": 3}).train.seq_targets == 3  # item scheme by default
@@ -641,6 +663,57 @@ def test_direct_candidate_loss_is_the_cross_entropy_over_the_listed_items():
     with torch.no_grad():
         everything = model(DIRECT, **batch, labels=labels)
     torch.testing.assert_close(everything, -(logp[0, 6] + logp[1, 0]) / 2, rtol=1e-5, atol=1e-5)
+
+
+def test_label_smoothing_spreads_over_what_the_softmax_can_output():
+    """(1 - e) * cross-entropy + e * the mean of -log p over the softmax's outputs: every item and
+    </s> for the item softmax, the listed items for the candidate one (not -inf elsewhere)."""
+    from elmrec.generation import item_log_probs
+    from elmrec.model import build_model
+    from elmrec.prompts import render
+    from elmrec.tasks import DIRECT, Sample
+    from elmrec.tokenization import add_id_tokens, build_tokenizer, encode_prompts, encode_targets, item_token_start
+
+    tok = add_id_tokens(build_tokenizer(), 5, 12)
+    cfg = _cfg(size="tiny", dropout=0.0, direct_loss="candidates").model
+    model = build_model(cfg, 5, 12, np.array([1, 2, 3]), np.array([1, 3, 5]), len(tok), 0, item_token_start(tok, 12))
+    model.eval()
+    samples = [Sample(DIRECT, 2, (3, 7, 11), 7), Sample(DIRECT, 4, (12, 1), 1)]
+    batch = encode_prompts(tok, [render(s, 1, 5, True) for s in samples])
+    labels = encode_targets(tok, [f"item_{s.target}" for s in samples])
+    labels = labels.masked_fill(labels == tok.eos_token_id, -100)
+    e = 0.3
+    with torch.no_grad():
+        smoothed = model(DIRECT, **batch, labels=labels, smoothing=e)
+        hidden, mask = model.encode(DIRECT, **batch)
+        logp = item_log_probs(model, hidden, mask)
+        model.config.direct_loss = "items"
+        over_items = model(DIRECT, **batch, labels=labels, smoothing=e)
+    expected = []
+    for k, s in enumerate(samples):
+        listed = logp[k, [i - 1 for i in s.items]]
+        listed = listed - listed.logsumexp(0)
+        expected.append(-(1 - e) * listed[s.items.index(s.target)] - e * listed.mean())
+    torch.testing.assert_close(smoothed, torch.stack(expected).mean(), rtol=1e-5, atol=1e-5)
+    eos = torch.log1p(-logp.exp().sum(1, keepdim=True))  # item_log_probs leaves out </s>
+    full = torch.cat([eos, logp], 1)
+    expected = [-(1 - e) * full[k, s.target] - e * full[k].mean() for k, s in enumerate(samples)]
+    torch.testing.assert_close(over_items, torch.stack(expected).mean(), rtol=1e-4, atol=1e-4)
+
+
+def test_label_smoothing_trains_but_validation_loss_stays_plain(tmp_path, synthetic_dataset):
+    from elmrec.training import LAST, _Training
+
+    cfg = _cfg(epochs=1, tasks=["sequential", "direct"], label_smoothing=0.4)
+    train(cfg, synthetic_dataset, tmp_path / "smooth", progress=False, echo=lambda s: None)
+    plain = replace(cfg, train=replace(cfg.train, label_smoothing=0.0))
+    train(plain, synthetic_dataset, tmp_path / "plain", progress=False, echo=lambda s: None)
+    smooth_w, plain_w = _weights(tmp_path / "smooth" / LAST), _weights(tmp_path / "plain" / LAST)
+    assert not torch.equal(smooth_w["soft_prompts"], plain_w["soft_prompts"])  # it reached the gradients
+    logged = json.loads((tmp_path / "smooth" / "log.jsonl").read_text().splitlines()[-1])["valid_loss"]
+    fresh = _Training(plain, synthetic_dataset, tmp_path / "smooth", tokenizer_dir=tmp_path / "smooth" / LAST)
+    fresh.restore(tmp_path / "smooth" / LAST)
+    assert fresh.validation_loss() == pytest.approx(logged, rel=1e-6)
 
 
 def test_a_graph_head_scores_an_item_by_its_token_and_graph_embeddings_and_trains_the_graph():

@@ -96,6 +96,9 @@ class TrainConfig:
     # average of the weights (this decay per step), which smooths a constant learning rate's noise
     # without knowing when a budget will stop the run (docs/training.md)
     ema_decay: float | None = None
+    # departure, 0 = off: training targets put this share of their probability evenly on every
+    # output (label smoothing), against an overconfident softmax; validation loss stays plain
+    label_smoothing: float = 0.0
     grad_clip: float = 1.0
     epochs: int = 100
     patience: int = 5
@@ -121,6 +124,9 @@ class TrainConfig:
     seq_targets: int = 1
     max_explanation_tokens: int = 20
     seed: int = 2024
+    # draws the validation users (and their direct negatives); None: ``seed``. Fixing it while
+    # ``seed`` changes measures run-to-run variance on the same users
+    valid_seed: int | None = None
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = False  # bf16 autocast (GPU, or a CPU with AMX / avx512_bf16)
     threads: int | None = None  # torch intra-op threads on CPU
@@ -247,6 +253,8 @@ def _validate(data: dict) -> Config:
                         f"(or unset), got {cfg.train.n_negatives_start}")
     if cfg.train.curriculum_epochs < 1:
         problems.append(f"train.curriculum_epochs must be >= 1, got {cfg.train.curriculum_epochs}")
+    if not 0 <= cfg.train.label_smoothing < 1:
+        problems.append(f"train.label_smoothing must be in [0, 1), got {cfg.train.label_smoothing}")
     if cfg.train.ema_decay is not None and not 0 < cfg.train.ema_decay < 1:
         problems.append(f"train.ema_decay must be between 0 and 1 (or unset), got {cfg.train.ema_decay}")
     if cfg.train.budget_minutes is not None and cfg.train.budget_minutes <= 0:

@@ -232,7 +232,7 @@ class ELMRec(nn.Module):
 
     def _prefix_loss(
         self, input_ids: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
-        graph: torch.Tensor | None = None,
+        graph: torch.Tensor | None = None, smoothing: float = 0.0,
     ) -> torch.Tensor:
         """Mean cross-entropy of the next item after every prefix of the history. The j-th of a
         row's t labels follows the prefix of n - t + 1 + j items (n: the row's history), so labels
@@ -259,7 +259,8 @@ class ELMRec(nn.Module):
         states = self.t5.decoder(inputs_embeds=steps, attention_mask=alone,
                                  encoder_hidden_states=hidden, encoder_attention_mask=cross,
                                  use_cache=False).last_hidden_state
-        return F.cross_entropy(self.item_logits(states[real], graph), labels[real] - self.item_token_start + 1)
+        return F.cross_entropy(self.item_logits(states[real], graph), labels[real] - self.item_token_start + 1,
+                               label_smoothing=smoothing)
 
     # --- item scheme: the output is an item (or </s>) --------------------------------------------
     def item_logits(self, states: torch.Tensor, graph: torch.Tensor | None = None) -> torch.Tensor:
@@ -278,7 +279,7 @@ class ELMRec(nn.Module):
 
     def _item_task_loss(
         self, task: str, input_ids: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
-        graph: torch.Tensor | None = None,
+        graph: torch.Tensor | None = None, smoothing: float = 0.0,
     ) -> torch.Tensor:
         states = self.t5.decoder(
             input_ids=self.t5._shift_right(labels), encoder_hidden_states=hidden, encoder_attention_mask=mask,
@@ -292,7 +293,13 @@ class ELMRec(nn.Module):
         if task == DIRECT and self.config.direct_loss == "candidates":
             listed = self.listed_items(input_ids)
             logits = logits.masked_fill(~listed[:, None].expand(-1, labels.shape[1], -1)[real], float("-inf"))
-        return F.cross_entropy(logits, target[real])
+            if smoothing:  # spread over the candidates: F.cross_entropy's would reach the -inf columns
+                logp = logits.log_softmax(-1)
+                listed = torch.isfinite(logits)
+                spread = -logp.masked_fill(~listed, 0).sum(-1) / listed.sum(-1)
+                nll = -logp.gather(1, target[real][:, None]).squeeze(1)
+                return ((1 - smoothing) * nll + smoothing * spread).mean()
+        return F.cross_entropy(logits, target[real], label_smoothing=smoothing)
 
     def listed_items(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, 1 + n_items) bool: the items a prompt names, in ``item_logits``' columns."""
@@ -305,18 +312,21 @@ class ELMRec(nn.Module):
 
     def forward(
         self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, whole_word: torch.Tensor,
-        labels: torch.Tensor, graph: torch.Tensor | None = None,
+        labels: torch.Tensor, graph: torch.Tensor | None = None, smoothing: float = 0.0,
     ) -> torch.Tensor:
         """Mean token cross-entropy of the targets (labels padded with -100); in the item scheme an
-        item task's softmax runs over </s> and the items only (``item_logits``)."""
+        item task's softmax runs over </s> and the items only (``item_logits``). ``smoothing``:
+        label smoothing over what the softmax can output (the listed items with the candidate softmax)."""
         if graph is None and self.needs_graph(task):  # propagated once for the input and the output
             graph = self.graph_embeddings()
         hidden, mask = self.encode(task, input_ids, attention_mask, whole_word, graph)
         if self.config.causal_history and task == SEQUENTIAL:
-            return self._prefix_loss(input_ids, hidden, mask, labels, graph)
+            return self._prefix_loss(input_ids, hidden, mask, labels, graph, smoothing)
         if self.item_token_start is not None and task != EXPLANATION:
-            return self._item_task_loss(task, input_ids, hidden, mask, labels, graph)
-        return self.t5(encoder_outputs=(hidden,), attention_mask=mask, labels=labels).loss
+            return self._item_task_loss(task, input_ids, hidden, mask, labels, graph, smoothing)
+        logits = self.t5(encoder_outputs=(hidden,), attention_mask=mask,
+                         decoder_input_ids=self.t5._shift_right(labels)).logits
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), label_smoothing=smoothing)
 
     # --- checkpoints ---------------------------------------------------------------------------
     def save_pretrained(

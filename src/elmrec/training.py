@@ -96,13 +96,14 @@ def item_prior_loss(
 
 def forward_backward(
     model: ELMRec, batch: Batch, micro_batch_size: int | None = None, autocast=contextlib.nullcontext,
-    length_groups: int | None = None, n_tokens: int | None = None,
+    length_groups: int | None = None, n_tokens: int | None = None, smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Gradients of the batch's mean token loss, in chunks (see ``chunks``); returns the loss. Each
     chunk's mean is weighted by its share of the batch's label tokens, so the gradients are those of
     the whole batch while activations are held for one chunk at a time. The graph embeddings are
     propagated once per batch, not once per chunk. ``length_groups`` None: the device's default.
-    ``n_tokens``: the label tokens of the whole global batch when ``batch`` is one rank's share."""
+    ``n_tokens``: the label tokens of the whole global batch when ``batch`` is one rank's share.
+    ``smoothing``: train.label_smoothing (training only; validation losses stay plain)."""
     if micro_batch_size is not None and micro_batch_size < 1:
         raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
     if length_groups is None:
@@ -118,7 +119,7 @@ def forward_backward(
     total = torch.zeros((), device=batch.labels.device)
     for inputs, labels in parts:
         with autocast():
-            loss = model(batch.task, **inputs, labels=labels, graph=shared)
+            loss = model(batch.task, **inputs, labels=labels, graph=shared, smoothing=smoothing)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite {batch.task} loss")
         weighted = loss * ((labels != -100).sum() / n_tokens)
@@ -222,14 +223,15 @@ class _Training:
     # --- data ---------------------------------------------------------------------------------
     def _validation_batches(self) -> list[Batch]:
         cfg, data = self.cfg, self.data
-        rng = np.random.default_rng(cfg.train.seed)
+        seed = cfg.train.seed if cfg.train.valid_seed is None else cfg.train.valid_seed
+        rng = np.random.default_rng(seed)
         users = data.users
         if cfg.train.valid_users is not None and cfg.train.valid_users < len(users):
             users = np.sort(rng.choice(users, cfg.train.valid_users, replace=False))
         self.valid_users = users  # also the users of the ranking validation (select_by ndcg)
         samples = {
             T.SEQUENTIAL: T.sequential_eval_samples(data, users, "valid", cfg.train.max_history),
-            T.DIRECT: T.direct_eval_samples(data, users, "valid", cfg.train.seed, cfg.train.n_negatives),
+            T.DIRECT: T.direct_eval_samples(data, users, "valid", seed, cfg.train.n_negatives),
             T.EXPLANATION: T.explanation_samples(data, "valid", limit=cfg.train.valid_users),
         }
         batches = []
@@ -326,7 +328,8 @@ class _Training:
         n_tokens, size = ctx.all_reduce_sum([float((batch.labels != -100).sum()), float(batch.size)], self.device)
         try:
             loss = forward_backward(self.model, batch, cfg.train.micro_batch_size, self.autocast,
-                                    cfg.train.length_groups, n_tokens=int(n_tokens))
+                                    cfg.train.length_groups, n_tokens=int(n_tokens),
+                                    smoothing=cfg.train.label_smoothing)
         except FloatingPointError as e:
             raise FloatingPointError(
                 f"{e} in epoch {self.epoch + 1}; lower --lr or the whole-word scales (--alpha), or enable "
@@ -451,6 +454,8 @@ class _Training:
         model, _ = ELMRec.from_pretrained(directory, self.device)
         state = checkpoint.read_training_state(directory, self.device)
         if self.ema is not None:
+            if "trained_weights" not in state:
+                raise ValueError(f"{directory} was saved by a run without ema_decay: resume it without one")
             self.ema.module.load_state_dict(model.state_dict())
             self.ema.n_averaged.fill_(state["ema_updates"])
             self.model.load_state_dict(state["trained_weights"])
