@@ -222,12 +222,16 @@ def test_same_seed_same_model_and_another_seed_differs(tmp_path, synthetic_datas
 def test_valid_seed_holds_the_validation_users_while_the_training_seed_changes(tmp_path, synthetic_dataset):
     from elmrec.training import _Training
 
-    def users(**train_fields):
-        return _Training(_cfg(valid_users=20, **train_fields), synthetic_dataset, tmp_path / "run").valid_users
+    def users(**train_fields):  # the users and every validation prompt (direct ones list sampled negatives)
+        run = _Training(_cfg(valid_users=20, **train_fields), synthetic_dataset, tmp_path / "run")
+        return run.valid_users, torch.cat([b.inputs["input_ids"].flatten() for b in run.valid_batches])
 
-    assert not np.array_equal(users(seed=1), users(seed=2))  # by default the seed draws them too
-    assert np.array_equal(users(seed=1, valid_seed=7), users(seed=2, valid_seed=7))
-    assert np.array_equal(users(seed=7), users(seed=3, valid_seed=7))
+    def same(a, b):
+        return np.array_equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+    assert not same(users(seed=1), users(seed=2))  # by default the seed draws them too
+    assert same(users(seed=1, valid_seed=7), users(seed=2, valid_seed=7))
+    assert same(users(seed=7), users(seed=3, valid_seed=7))
 
 
 def test_loader_workers_make_the_same_batches_and_unset_settings_follow_the_device(tmp_path, synthetic_dataset):
@@ -699,6 +703,30 @@ def test_label_smoothing_spreads_over_what_the_softmax_can_output():
     full = torch.cat([eos, logp], 1)
     expected = [-(1 - e) * full[k, s.target] - e * full[k].mean() for k, s in enumerate(samples)]
     torch.testing.assert_close(over_items, torch.stack(expected).mean(), rtol=1e-4, atol=1e-4)
+
+
+def test_the_vocabulary_loss_is_t5s_own_and_smoothing_spreads_over_the_vocabulary():
+    """The explanation (and digits) path computes T5's loss itself, so label smoothing can enter."""
+    from elmrec.model import build_model
+    from elmrec.prompts import render
+    from elmrec.tasks import EXPLANATION, Sample
+    from elmrec.tokenization import build_tokenizer, encode_prompts, encode_targets
+
+    tok = build_tokenizer()
+    cfg = _cfg(size="tiny", dropout=0.0, id_tokens="digits").model
+    model = build_model(cfg, 5, 12, np.array([1, 2, 3]), np.array([1, 3, 5]), len(tok), 0, None)
+    model.eval()
+    samples = [Sample(EXPLANATION, 2, (7,), "great smell"), Sample(EXPLANATION, 4, (11,), "it lasts all day long")]
+    batch = encode_prompts(tok, [render(s, 0, 5, False) for s in samples])
+    labels = encode_targets(tok, [s.target for s in samples])
+    with torch.no_grad():
+        plain, smoothed = (model(EXPLANATION, **batch, labels=labels, smoothing=e) for e in (0.0, 0.2))
+        hidden, mask = model.encode(EXPLANATION, **batch)
+        t5 = model.t5(encoder_outputs=(hidden,), attention_mask=mask, labels=labels)
+    torch.testing.assert_close(plain, t5.loss)
+    logp, real = t5.logits.log_softmax(-1), labels != -100
+    nll = -logp.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    torch.testing.assert_close(smoothed, (0.8 * nll - 0.2 * logp.mean(-1))[real].mean(), rtol=1e-5, atol=1e-5)
 
 
 def test_label_smoothing_trains_but_validation_loss_stays_plain(tmp_path, synthetic_dataset):
