@@ -641,8 +641,8 @@ def test_candidate_prior_of_direct_prompts_computed_by_hand():
     assert item_prior_loss([batch], tok, counts, "item")["direct"] == pytest.approx((math.log(1.5) + math.log(6)) / 2)
 
 
-def test_direct_candidate_loss_is_the_cross_entropy_over_the_listed_items():
-    from elmrec.generation import item_log_probs
+def _two_direct_prompts():
+    """A tiny item-scheme model with the candidate softmax, two direct prompts and their labels."""
     from elmrec.model import build_model
     from elmrec.prompts import render
     from elmrec.tasks import DIRECT, Sample
@@ -656,6 +656,14 @@ def test_direct_candidate_loss_is_the_cross_entropy_over_the_listed_items():
     batch = encode_prompts(tok, [render(s, 1, 5, True) for s in samples])
     labels = encode_targets(tok, [f"item_{s.target}" for s in samples])
     labels = labels.masked_fill(labels == tok.eos_token_id, -100)
+    return model, samples, batch, labels
+
+
+def test_direct_candidate_loss_is_the_cross_entropy_over_the_listed_items():
+    from elmrec.generation import item_log_probs
+    from elmrec.tasks import DIRECT
+
+    model, samples, batch, labels = _two_direct_prompts()
     with torch.no_grad():
         loss = model(DIRECT, **batch, labels=labels)
         hidden, mask = model.encode(DIRECT, **batch)
@@ -673,19 +681,9 @@ def test_label_smoothing_spreads_over_what_the_softmax_can_output():
     """(1 - e) * cross-entropy + e * the mean of -log p over the softmax's outputs: every item and
     </s> for the item softmax, the listed items for the candidate one (not -inf elsewhere)."""
     from elmrec.generation import item_log_probs
-    from elmrec.model import build_model
-    from elmrec.prompts import render
-    from elmrec.tasks import DIRECT, Sample
-    from elmrec.tokenization import add_id_tokens, build_tokenizer, encode_prompts, encode_targets, item_token_start
+    from elmrec.tasks import DIRECT
 
-    tok = add_id_tokens(build_tokenizer(), 5, 12)
-    cfg = _cfg(size="tiny", dropout=0.0, direct_loss="candidates").model
-    model = build_model(cfg, 5, 12, np.array([1, 2, 3]), np.array([1, 3, 5]), len(tok), 0, item_token_start(tok, 12))
-    model.eval()
-    samples = [Sample(DIRECT, 2, (3, 7, 11), 7), Sample(DIRECT, 4, (12, 1), 1)]
-    batch = encode_prompts(tok, [render(s, 1, 5, True) for s in samples])
-    labels = encode_targets(tok, [f"item_{s.target}" for s in samples])
-    labels = labels.masked_fill(labels == tok.eos_token_id, -100)
+    model, samples, batch, labels = _two_direct_prompts()
     e = 0.3
     with torch.no_grad():
         smoothed = model(DIRECT, **batch, labels=labels, smoothing=e)
