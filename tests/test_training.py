@@ -337,7 +337,8 @@ def test_settings_that_cannot_work_are_refused():
                 {"valid_users": 0}, {"n_positions": 10, "max_history": 20}, {"graph_self_weight": -1},
                 {"graph_self_weight": 0, "graph_layers": 0}, {"seq_targets": 0},
                 {"seq_targets": 3, "id_tokens": "digits"}, {"direct_decode": "beam", "id_tokens": "item"},
-                {"ema_decay": 1.0}, {"ema_decay": 0}, {"label_smoothing": 1.0}, {"label_smoothing": -0.1}):
+                {"ema_decay": 1.0}, {"ema_decay": 0}, {"label_smoothing": 1.0}, {"label_smoothing": -0.1},
+                {"seed": -1}, {"valid_seed": -3}):
         with pytest.raises(ValueError, match="invalid configuration"):
             load_config(overrides=bad)
     assert load_config(overrides={"seq_targets": 3}).train.seq_targets == 3  # item scheme by default
@@ -727,10 +728,12 @@ def test_the_vocabulary_loss_is_t5s_own_and_smoothing_spreads_over_the_vocabular
     torch.testing.assert_close(smoothed, (0.8 * nll - 0.2 * logp.mean(-1))[real].mean(), rtol=1e-5, atol=1e-5)
 
 
-def test_label_smoothing_trains_but_validation_loss_stays_plain(tmp_path, synthetic_dataset):
+@pytest.mark.parametrize("fields", [dict(tasks=["sequential", "direct"]),
+                                    dict(tasks=["sequential"], causal_history=True)])  # the recipe's loss
+def test_label_smoothing_trains_but_validation_loss_stays_plain(tmp_path, synthetic_dataset, fields):
     from elmrec.training import LAST, _Training
 
-    cfg = _cfg(epochs=1, tasks=["sequential", "direct"], label_smoothing=0.4)
+    cfg = _cfg(epochs=1, label_smoothing=0.4, **fields)
     train(cfg, synthetic_dataset, tmp_path / "smooth", progress=False, echo=lambda s: None)
     plain = replace(cfg, train=replace(cfg.train, label_smoothing=0.0))
     train(plain, synthetic_dataset, tmp_path / "plain", progress=False, echo=lambda s: None)

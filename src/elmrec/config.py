@@ -253,6 +253,9 @@ def _validate(data: dict) -> Config:
                         f"(or unset), got {cfg.train.n_negatives_start}")
     if cfg.train.curriculum_epochs < 1:
         problems.append(f"train.curriculum_epochs must be >= 1, got {cfg.train.curriculum_epochs}")
+    for name in ("seed", "valid_seed"):  # numpy's generators take non-negative seeds only
+        if (getattr(cfg.train, name) or 0) < 0:
+            problems.append(f"train.{name} must be >= 0, got {getattr(cfg.train, name)}")
     if not 0 <= cfg.train.label_smoothing < 1:
         problems.append(f"train.label_smoothing must be in [0, 1), got {cfg.train.label_smoothing}")
     if cfg.train.ema_decay is not None and not 0 < cfg.train.ema_decay < 1:

@@ -295,8 +295,8 @@ class ELMRec(nn.Module):
             logits = logits.masked_fill(~listed[:, None].expand(-1, labels.shape[1], -1)[real], float("-inf"))
             if smoothing:  # spread over the candidates: F.cross_entropy's would reach the -inf columns
                 logp = logits.log_softmax(-1)
-                listed = torch.isfinite(logits)
-                spread = -logp.masked_fill(~listed, 0).sum(-1) / listed.sum(-1)
+                finite = torch.isfinite(logits)
+                spread = -logp.masked_fill(~finite, 0).sum(-1) / finite.sum(-1)
                 nll = -logp.gather(1, target[real][:, None]).squeeze(1)
                 return ((1 - smoothing) * nll + smoothing * spread).mean()
         return F.cross_entropy(logits, target[real], label_smoothing=smoothing)
