@@ -15,6 +15,7 @@ from elmrec.generation import (
     item_token_ids,
     prefix_tree,
     rerank,
+    top_columns,
 )
 from elmrec.model import build_model
 from elmrec.prompts import EVAL_TEMPLATE, render
@@ -160,3 +161,17 @@ def test_rerank_drops_history_and_fills_top_n():
     assert dropped.tolist() == [3, 2]
     np.testing.assert_array_equal(out[1], [0, 0, 0, 0])
     assert np.isinf(out_scores[1]).all()
+
+
+def test_top_columns_is_a_stable_descending_sort_cut_to_k():
+    """Ties (including -inf: column 0, dropped history) keep the lower column first, as the full
+    stable sort that it replaces did; k beyond the row and empty batches are handled."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n, m = int(rng.integers(0, 5)), int(rng.integers(1, 25))
+        scores = rng.integers(-3, 3, size=(n, m)).astype(np.float64)  # many ties
+        scores[rng.random((n, m)) < 0.2] = -np.inf
+        for k in (1, 2, m // 2 + 1, m, m + 3):
+            expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            np.testing.assert_array_equal(top_columns(scores, k), expected)
+    np.testing.assert_array_equal(top_columns(np.array([[0.5, 2.0, 2.0, -np.inf]]), 2), [[1, 2]])

@@ -406,17 +406,25 @@ def test_resume_may_extend_epochs_and_says_when_nothing_is_left(tmp_path, synthe
         train(_cfg(), synthetic_dataset, tmp_path / "empty", resume=True, progress=False)
 
 
-@pytest.mark.parametrize("task,scheme", [(T.SEQUENTIAL, "digits"), (T.SEQUENTIAL, "item"), (T.DIRECT, "digits")])
-def test_micro_batches_give_the_gradients_of_the_whole_batch(tmp_path, task, scheme):
+RECIPE = dict(causal_history=True, last_item_start=True, sequential_user=False, seq_targets=1)  # every prefix
+
+
+@pytest.mark.parametrize("task,scheme,extra", [(T.SEQUENTIAL, "digits", {}), (T.SEQUENTIAL, "item", {}),
+                                               (T.DIRECT, "digits", {}),
+                                               (T.SEQUENTIAL, "item", RECIPE)])
+def test_micro_batches_give_the_gradients_of_the_whole_batch(tmp_path, task, scheme, extra):
+    """forward_backward's chunks, length groups and sparse token-table gradients (summed over
+    the chunks, dense once at the end) give the gradients of one plain backward of the batch."""
     import torch
 
     from elmrec.batching import make_batch
     from elmrec.training import _Training, forward_backward
 
     rng = np.random.default_rng(0)  # digits: ids 1..150 are one- and two-token targets
-    ds = Dataset.from_histories([rng.choice(np.arange(1, 151), 8, replace=False).tolist() for _ in range(40)],
-                                n_items=150)
-    cfg = _cfg(dropout=0.0, id_tokens=scheme, seq_targets=3 if scheme == "item" else 1)  # item: 1 to 3 targets
+    ds = Dataset.from_histories([rng.choice(np.arange(1, 151), int(rng.integers(5, 10)), replace=False).tolist()
+                                 for _ in range(40)], n_items=150)  # histories of several lengths
+    # item: 1 to 3 targets; every prefix (RECIPE): one per history item
+    cfg = _cfg(dropout=0.0, id_tokens=scheme, **{"seq_targets": 3 if scheme == "item" else 1, **extra})
     run = _Training(cfg, ds, tmp_path)
     samples, templates = next((s, t) for s, t in run.epoch_batches(0) if s[0].task == task)
     batch = make_batch(samples, templates, run.tokenizer, ds.n_users, cfg, run.device)
@@ -439,7 +447,9 @@ def test_micro_batches_give_the_gradients_of_the_whole_batch(tmp_path, task, sch
         assert torch.allclose(whole_loss, part_loss, atol=1e-5)
         assert len(whole) == len(part) > 0
         for a, b in zip(whole, part):
+            assert not b.is_sparse
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        assert not run.model.sparse_grads  # plain calls of the model keep dense gradients
 
 
 def test_a_graph_head_batch_in_chunks_propagates_the_graph_once(tmp_path):

@@ -246,6 +246,22 @@ def candidate_tokens(tokenizer: PreTrainedTokenizerBase, candidates: np.ndarray,
     return torch.as_tensor(arr, device=device).view(*candidates.shape, L)
 
 
+def top_columns(scores: np.ndarray, k: int) -> np.ndarray:
+    """(B, k) the columns of each row's k highest scores, highest first, ties by lower column:
+    ``np.argsort(-scores, axis=1, kind="stable")[:, :k]`` without sorting whole rows (a full sort
+    of 12,000 items per user was half the time of ranking them)."""
+    n, m = scores.shape
+    k = min(k, m)
+    if k == m or not n:
+        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    kth = torch.topk(torch.from_numpy(scores), k, dim=1).values[:, -1].numpy()  # 20x np.argpartition
+    rows, cols = np.nonzero(scores >= kth[:, None])  # >= k per row (ties at the k-th), columns ascending
+    order = np.lexsort((cols, -scores[rows, cols], rows))  # by row, score descending, then column
+    rows, cols = rows[order], cols[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, np.arange(n))[rows]
+    return cols[rank < k].reshape(n, k)
+
+
 def rerank(items: np.ndarray, scores: np.ndarray, histories: list[np.ndarray], top_n: int):
     """ELMRec's reranking: drop generated items the user already interacted with, keep the first
     top_n. Returns (items, scores, dropped count per user); short rows are padded with 0/-inf."""

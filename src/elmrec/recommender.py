@@ -32,6 +32,7 @@ from .generation import (
     generate_text,
     item_log_probs,
     rerank,
+    top_columns,
 )
 from .model import ELMRec
 from .prompts import EVAL_TEMPLATE, render
@@ -205,7 +206,7 @@ class Recommender:
         self._stats["users"] += len(users)
         dropped = np.zeros(len(users), dtype=np.int64)
         if self.eval.rerank:
-            top = np.argsort(-scores, axis=1, kind="stable")[:, :n_gen]
+            top = top_columns(scores, n_gen)
             for r, h in enumerate(histories):
                 dropped[r] = int(np.isin(top[r], h).sum())
                 scores[r, np.asarray(h, dtype=np.int64)] = -np.inf
@@ -216,7 +217,7 @@ class Recommender:
         """Top items per user after reranking: (items, scores, dropped), each row top_n long."""
         if self.id_tokens == "item":
             scores, dropped = self._ranked_row(users, histories)
-            items = np.argsort(-scores, axis=1, kind="stable")[:, : self.eval.top_n]
+            items = top_columns(scores, self.eval.top_n)
             top = np.take_along_axis(scores, items, 1)
             return np.where(top > -np.inf, items, 0), top, dropped
         n_gen = self._n_generated()
