@@ -108,16 +108,6 @@ class ELMRec(nn.Module):
         self._graph_cache: torch.Tensor | None = None
         self._torch_adjacency: tuple | None = None
 
-    # --- token embeddings ----------------------------------------------------------------------
-    # set by training.forward_backward: gradients of the token table (and of the item output rows)
-    # are sparse rows there, densified once per step. A dense one is the whole table of words,
-    # users and items (34,815 x 128 on Beauty), zero-filled for every lookup: a quarter of a step
-    sparse_grads = False
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """T5's token embeddings of ``ids`` (the tied input table)."""
-        return F.embedding(ids, self.t5.shared.weight, sparse=self.sparse_grads)
-
     # --- whole-word embeddings ---------------------------------------------------------------
     def graph_embeddings(self) -> torch.Tensor:
         """E = LightGCN(E0), recomputed in training (gradients reach E0), cached for inference."""
@@ -175,7 +165,7 @@ class ELMRec(nn.Module):
         graph: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder states and mask for a batch of one task's prompts (soft prompts prepended)."""
-        x = self.embed(input_ids) + self.whole_word(task, whole_word, graph).to(self.t5.dtype)
+        x = self.t5.shared(input_ids) + self.whole_word(task, whole_word, graph).to(self.t5.dtype)
         if self.config.use_soft_prompts:
             prompts = self.soft_prompts[TASK_IDS[task]].to(x.dtype).expand(x.shape[0], -1, -1)
             x = torch.cat([prompts, x], dim=1)
@@ -262,7 +252,7 @@ class ELMRec(nn.Module):
             by_rank = input_ids.new_zeros(b, input_ids.shape[1] + 1)  # column k: the k-th history item
             by_rank.scatter_(1, torch.where(is_item, is_item.cumsum(1), 0), items)
             latest = by_rank.gather(1, prefix.clamp(0, by_rank.shape[1] - 1))
-            steps = self.embed(self.decoder_start(SEQUENTIAL, latest))
+            steps = self.t5.shared(self.decoder_start(SEQUENTIAL, latest))
         else:  # every step reads the start token; its embedding row enters as a constant (a
             # gradient for one row would cost a zero-filled gradient of the whole token table)
             steps = self.t5.shared.weight[self.t5.config.decoder_start_token_id].detach().expand(b, t, -1)
@@ -280,7 +270,7 @@ class ELMRec(nn.Module):
         ``graph_head`` an item's output row is its whole input embedding, token plus graph-aware
         whole-word part (``graph``: the propagated table, when the caller has it)."""
         with torch.autocast(states.device.type, enabled=False):
-            weight = F.embedding(self.item_rows, self.t5.lm_head.weight, sparse=self.sparse_grads).float()
+            weight = self.t5.lm_head.weight[self.item_rows].float()
             if self.config.graph_head:
                 table = self.graph_embeddings() if graph is None else graph
                 items = table[self.n_users + 1 : self.n_users + self.n_items + 1].float()
@@ -292,8 +282,8 @@ class ELMRec(nn.Module):
         graph: torch.Tensor | None = None, smoothing: float = 0.0,
     ) -> torch.Tensor:
         states = self.t5.decoder(
-            inputs_embeds=self.embed(self.t5._shift_right(labels)), encoder_hidden_states=hidden,
-            encoder_attention_mask=mask, use_cache=False,
+            input_ids=self.t5._shift_right(labels), encoder_hidden_states=hidden, encoder_attention_mask=mask,
+            use_cache=False,
         ).last_hidden_state
         # logits at real target positions only (a batch's targets are padded to its longest); the
         # vocabulary id -> output row: </s> -> 0, item k -> k

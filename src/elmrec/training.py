@@ -117,21 +117,14 @@ def forward_backward(
         graph = model.graph_embeddings()
         shared = graph.detach().requires_grad_(graph.requires_grad)
     total = torch.zeros((), device=batch.labels.device)
-    model.sparse_grads = True  # token-table gradients as rows, summed over the chunks, dense once
-    try:
-        for inputs, labels in parts:
-            with autocast():
-                loss = model(batch.task, **inputs, labels=labels, graph=shared, smoothing=smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite {batch.task} loss")
-            weighted = loss * ((labels != -100).sum() / n_tokens)
-            weighted.backward()
-            total += weighted.detach()
-    finally:
-        model.sparse_grads = False
-        for p in model.parameters():  # the optimiser, clipping and all-reduce take dense gradients
-            if p.grad is not None and p.grad.is_sparse:
-                p.grad = p.grad.to_dense()
+    for inputs, labels in parts:
+        with autocast():
+            loss = model(batch.task, **inputs, labels=labels, graph=shared, smoothing=smoothing)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite {batch.task} loss")
+        weighted = loss * ((labels != -100).sum() / n_tokens)
+        weighted.backward()
+        total += weighted.detach()
     if shared is not None and shared.grad is not None:
         graph.backward(shared.grad)
     return total
