@@ -62,6 +62,11 @@ class ModelConfig:
     # the history's latest item instead of T5's start token, so the step that predicts the next
     # item knows which item came last (T5's cross-attention has no positions to find it by)
     last_item_start: bool = False
+    # departure (item scheme), "random" = T5's init: "cooccurrence" starts the item tokens (input
+    # rows and tied output rows) from spectral vectors of the training sequences' item
+    # co-occurrence (graph.cooccurrence_embedding), so a fresh model need not discover which items
+    # go together before it can learn what comes next
+    item_init: typing.Literal["random", "cooccurrence"] = "random"
     dropout: float = 0.1  # T5 hidden-state dropout
     # dropout on attention probabilities (T5 ties it to `dropout`); 0 keeps a (B, H, L, L) mask
     # per layer out of training (docs/performance.md)
@@ -210,6 +215,8 @@ def _validate(data: dict) -> Config:
     if cfg.model.causal_history and (cfg.model.id_tokens != "item" or cfg.train.seq_targets > 1):
         problems.append("model.causal_history needs model.id_tokens 'item' (one decoder step per prefix) and "
                         "train.seq_targets 1 (it trains every prefix's next item already)")
+    if cfg.model.item_init != "random" and cfg.model.id_tokens != "item":
+        problems.append(f"model.item_init {cfg.model.item_init!r} needs model.id_tokens 'item' (one token per item)")
     if cfg.model.last_item_start and not cfg.model.causal_history:
         problems.append("model.last_item_start needs model.causal_history (the path that trains it)")
     if cfg.model.graph_head and cfg.model.id_tokens != "item":

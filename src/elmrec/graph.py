@@ -1,4 +1,5 @@
-"""The user-item graph of TRAINING interactions and LightGCN propagation over it.
+"""The user-item graph of TRAINING interactions and LightGCN propagation over it, and the
+item-item graph of training sequences (``cooccurrence_embedding``).
 
 Node indices match the graph-aware whole-word indices: user u -> u, item i -> n_users + i, and
 node 0 is an isolated padding node.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 import torch
+from scipy.sparse.linalg import eigsh
 
 
 def normalized_adjacency(n_users: int, n_items: int, users: np.ndarray, items: np.ndarray) -> sp.csr_matrix:
@@ -82,3 +84,41 @@ def lightgcn(
         h = torch.sparse.mm(adjacency, h)
         out = out + h
     return out / (layers + self_weight)
+
+
+def cooccurrence_embedding(
+    users: np.ndarray, items: np.ndarray, n_items: int, dim: int, window: int = 3, seed: int = 0
+) -> np.ndarray:
+    """(n_items + 1, dim) float32 spectral item vectors of the training sequences: rows 1..n_items
+    are V sqrt(L) for the ``dim`` largest eigenpairs of D^-1/2 C D^-1/2, where C[a, b] sums 1/k
+    over the pairs of a user's training sequence k <= ``window`` steps apart; so e_a . e_b
+    approximates the normalised co-occurrence of a and b. Scaled to a mean square of 1 per entry
+    (T5's initial token scale); row 0 and items without a neighbour are zero rows.
+    ``users``/``items``: training interactions, users ascending, each user's oldest first
+    (``Dataset.train_pairs``)."""
+    users, items = np.asarray(users), np.asarray(items)
+    n = n_items + 1
+    rows, cols, weights = [], [], []
+    for k in range(1, window + 1):
+        pair = (users[:-k] == users[k:]) & (items[:-k] != items[k:]) if len(items) > k else np.zeros(0, bool)
+        a, b = items[:-k][pair], items[k:][pair]
+        rows += [a, b]
+        cols += [b, a]
+        weights.append(np.full(2 * len(a), 1.0 / k))
+    c = sp.csr_matrix((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    degree = np.asarray(c.sum(1)).ravel()
+    inv_sqrt = np.zeros(n)
+    inv_sqrt[degree > 0] = degree[degree > 0] ** -0.5
+    a_hat = sp.diags(inv_sqrt) @ c @ sp.diags(inv_sqrt)
+    k = min(dim, n - 2)
+    if n <= max(2 * dim, 500):  # small: the dense solver (also when dim >= n - 1)
+        values, vectors = np.linalg.eigh(a_hat.toarray())
+        values, vectors = values[::-1][: min(dim, n)], vectors[:, ::-1][:, : min(dim, n)]
+    else:
+        v0 = np.random.default_rng(seed).standard_normal(n)  # Lanczos' start: seeded, so reproducible
+        values, vectors = eigsh(a_hat, k=k, which="LA", v0=v0)
+    out = np.zeros((n, dim), dtype=np.float64)
+    out[:, : len(values)] = vectors * np.sqrt(np.clip(values, 0, None))
+    out[degree == 0] = 0.0
+    scale = np.sqrt(np.mean(out[degree > 0] ** 2)) if (degree > 0).any() else 0.0
+    return (out / scale if scale > 0 else out).astype(np.float32)

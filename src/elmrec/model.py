@@ -34,7 +34,7 @@ from . import attention
 from .checkpoint import GRAPH_FILE, MODEL_CONFIG_FILE, WEIGHTS_FILE, stored_model_config
 from .config import ModelConfig
 from .dropout import replace_dropout
-from .graph import lightgcn, normalized_adjacency, to_torch_sparse
+from .graph import cooccurrence_embedding, lightgcn, normalized_adjacency, to_torch_sparse
 from .io import atomic_directory
 from .tasks import DIRECT, EXPLANATION, SEQUENTIAL, TASK_IDS
 from .tokenization import id_scheme, item_token_start
@@ -328,6 +328,15 @@ class ELMRec(nn.Module):
                          decoder_input_ids=self.t5._shift_right(labels)).logits
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), label_smoothing=smoothing)
 
+    @torch.no_grad()
+    def init_item_tokens(self, vectors: torch.Tensor) -> None:
+        """Item scheme: item k's token embedding (input and tied output row) := ``vectors[k - 1]``;
+        all-zero rows (items without co-occurrence) keep their random start."""
+        rows = vectors.to(self.t5.shared.weight)
+        keep = rows.abs().sum(1) > 0
+        weight = self.t5.shared.weight[self.item_token_start : self.item_token_start + self.n_items]
+        weight[keep] = rows[keep]
+
     # --- checkpoints ---------------------------------------------------------------------------
     def save_pretrained(
         self, directory: str | Path, tokenizer: PreTrainedTokenizerBase,
@@ -403,7 +412,11 @@ def build_model(
     t5 = build_backbone(config, vocab_size, seed)
     adjacency = normalized_adjacency(n_users, n_items, train_users, train_items)
     torch.manual_seed(seed + 1)
-    return ELMRec(config, t5, n_users, n_items, adjacency, item_token_start)
+    model = ELMRec(config, t5, n_users, n_items, adjacency, item_token_start)
+    if config.item_init == "cooccurrence":
+        vectors = cooccurrence_embedding(train_users, train_items, n_items, t5.config.d_model, seed=seed)
+        model.init_item_tokens(torch.from_numpy(vectors[1:]))
+    return model
 
 
 __all__ = ["ELMRec", "build_model", "T5_SIZES", "SEQUENTIAL", "DIRECT", "EXPLANATION"]
