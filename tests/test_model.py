@@ -428,3 +428,45 @@ def test_causal_history_trains_every_prefix_exactly_as_inference_reads_it(item_t
     torch.testing.assert_close(last, -(logp[0, 8] + logp[1, 5]) / 2, rtol=1e-5, atol=1e-5)
     if last_item_start:  # the start differs: the test reads what the option changes
         assert not torch.allclose(logp, item_log_probs(model, hidden, mask))
+
+
+def test_cooccurrence_embedding_puts_items_of_one_sequence_together():
+    """Two groups of items that only ever appear with each other: every within-group dot product
+    beats every cross-group one; items never in a pair, and row 0, are zero rows; the scale is
+    T5's (mean square 1); the same seed gives the same vectors."""
+    from elmrec.graph import cooccurrence_embedding
+
+    histories = [[1, 2, 3, 1, 2], [2, 3, 1], [4, 5, 6, 4], [6, 5, 4, 5], [7]]  # item 7: alone; 8: never seen
+    users = np.repeat(np.arange(1, 6), [len(h) for h in histories])
+    items = np.concatenate(histories)
+    for dim in (4, 32):  # fewer dimensions than items, and more (the dense solver's padding)
+        e = cooccurrence_embedding(users, items, 8, dim, window=2, seed=0)
+        assert e.shape == (9, dim) and e.dtype == np.float32
+        np.testing.assert_array_equal(e[[0, 7, 8]], 0)
+        np.testing.assert_allclose(np.mean(e[1:7] ** 2), 1.0, rtol=1e-5)
+        dots = e[1:7] @ e[1:7].T
+        within = [dots[a, b] for a in range(6) for b in range(6) if a != b and a // 3 == b // 3]
+        across = [dots[a, b] for a in range(6) for b in range(6) if a // 3 != b // 3]
+        assert min(within) > max(across)
+        np.testing.assert_array_equal(e, cooccurrence_embedding(users, items, 8, dim, window=2, seed=0))
+
+
+def test_item_init_sets_the_item_tokens_and_needs_the_item_scheme(item_tokenizer):
+    from elmrec.config import load_config
+    from elmrec.graph import cooccurrence_embedding
+
+    users, items = np.array([1, 1, 1, 2, 2, 3, 3]), np.array([1, 2, 3, 2, 3, 5, 6])
+    cfg = ModelConfig(size="tiny", id_tokens="item", item_init="cooccurrence")
+    start = item_token_start(item_tokenizer, 12)
+    model = build_model(cfg, 5, 12, users, items, len(item_tokenizer), 0, start)
+    plain = build_model(ModelConfig(size="tiny", id_tokens="item"), 5, 12, users, items, len(item_tokenizer), 0, start)
+    vectors = torch.from_numpy(cooccurrence_embedding(users, items, 12, 128, seed=0))
+    table = model.t5.shared.weight.detach()
+    in_pairs = [1, 2, 3, 5, 6]  # items 4, 7..12 never share a sequence with another item
+    torch.testing.assert_close(table[start + np.array(in_pairs) - 1], vectors[in_pairs])
+    alone = start + np.array([4, 7, 12]) - 1
+    torch.testing.assert_close(table[alone], plain.t5.shared.weight.detach()[alone])  # T5's random rows
+    assert torch.equal(table[:start], plain.t5.shared.weight.detach()[:start])  # words and users untouched
+    assert model.t5.lm_head.weight.data_ptr() == model.t5.shared.weight.data_ptr()  # the output rows too
+    with pytest.raises(ValueError, match="item_init 'cooccurrence' needs model.id_tokens 'item'"):
+        load_config(overrides={"size": "tiny", "id_tokens": "digits", "item_init": "cooccurrence"})
