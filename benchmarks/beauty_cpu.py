@@ -45,8 +45,10 @@ ABLATIONS = {
     "no-incremental": {"use_incremental": False},
     "no-soft-prompts": {"use_soft_prompts": False},
     # the paper's digit-piece ids; the options built on one token per id (continuations, one decoder
-    # step per history prefix, the latest item as the decoder's first input) are switched off
-    "digits": {"id_tokens": "digits", "seq_targets": 1, "causal_history": False, "last_item_start": False},
+    # step per history prefix, the latest item as the decoder's first input, item tokens started
+    # from co-occurrence) are switched off
+    "digits": {"id_tokens": "digits", "seq_targets": 1, "causal_history": False, "last_item_start": False,
+               "item_init": "random"},
 }
 BASELINE_ROWS = ("popularity", "cooccurrence", "id-shortcut")
 # rows that re-evaluate the elmrec checkpoint: without reranking; direct read from the sequential prompt
