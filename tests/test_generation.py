@@ -175,3 +175,7 @@ def test_top_columns_is_a_stable_descending_sort_cut_to_k():
             expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
             np.testing.assert_array_equal(top_columns(scores, k), expected)
     np.testing.assert_array_equal(top_columns(np.array([[0.5, 2.0, 2.0, -np.inf]]), 2), [[1, 2]])
+    scores = np.array([[0.5, np.nan, 2.0, 1.0], [3.0, 1.0, 2.0, 0.0]], dtype=np.float32)  # NaN last, as argsort
+    for k in (0, 2, 3):
+        np.testing.assert_array_equal(top_columns(scores, k), np.argsort(-scores, axis=1, kind="stable")[:, :k])
+    assert top_columns(scores[1:], 2).tolist() == [[0, 2]]  # float32 without NaN: the topk path

@@ -470,3 +470,56 @@ def test_item_init_sets_the_item_tokens_and_needs_the_item_scheme(item_tokenizer
     assert model.t5.lm_head.weight.data_ptr() == model.t5.shared.weight.data_ptr()  # the output rows too
     with pytest.raises(ValueError, match="item_init 'cooccurrence' needs model.id_tokens 'item'"):
         load_config(overrides={"size": "tiny", "id_tokens": "digits", "item_init": "cooccurrence"})
+
+
+def test_cooccurrence_embedding_of_many_items_is_seeded_leak_free_and_empty_without_pairs():
+    """The Lanczos branch (the one Beauty takes): the same seed gives the same vectors, their dot
+    products are the dense solver's; the vectors come from training interactions only (changing
+    the validation and test items changes nothing); no co-occurring pair at all gives zero rows."""
+    from elmrec.graph import cooccurrence_embedding
+
+    rng = np.random.default_rng(0)
+    n_items, dim = 600, 8  # n > max(2 dim, 500): eigsh
+    histories = [rng.choice(np.arange(1, n_items + 1), int(rng.integers(4, 9)), replace=False).tolist()
+                 for _ in range(500)]
+    ds = Dataset.from_histories(histories, n_items=n_items)
+    e = cooccurrence_embedding(*ds.train_pairs(), n_items, dim, seed=3)
+    np.testing.assert_array_equal(e, cooccurrence_embedding(*ds.train_pairs(), n_items, dim, seed=3))
+    import elmrec.graph as graph
+
+    # the dense solution of the same matrix spans the same top-dim subspace: compare E E^T
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(graph, "eigsh", lambda a, k, which, v0: (lambda w, v: (w[-k:], v[:, -k:]))(
+            *np.linalg.eigh(a.toarray())))
+        dense = graph.cooccurrence_embedding(*ds.train_pairs(), n_items, dim, seed=3)
+    np.testing.assert_allclose(e @ e.T, dense @ dense.T, atol=1e-3)
+    moved = [h[:-2] + [(h[-2] % n_items) + 1, (h[-1] % n_items) + 1] for h in histories]  # new held-out items
+    np.testing.assert_array_equal(e, cooccurrence_embedding(*Dataset.from_histories(moved, n_items=n_items)
+                                                            .train_pairs(), n_items, dim, seed=3))
+    # three items per user: one training item each, so no pair at all
+    lone = Dataset.from_histories([[i, i % n_items + 1, (i + 1) % n_items + 1] for i in range(1, 601)], n_items=n_items)
+    np.testing.assert_array_equal(cooccurrence_embedding(*lone.train_pairs(), n_items, dim), 0)
+
+
+def test_item_init_reaches_an_untied_output_head_at_the_backbone_scale(item_tokenizer, tmp_path):
+    """A pretrained backbone whose output head is its own table (T5 v1.1, flan-t5): both tables get
+    the vectors, each at its own root mean square."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from elmrec.graph import cooccurrence_embedding
+
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=len(item_tokenizer), d_model=16, d_ff=32, num_layers=1,
+                                             num_heads=2, d_kv=8, decoder_start_token_id=0, tie_word_embeddings=False))
+    with torch.no_grad():
+        t5.lm_head.weight.mul_(3.0)  # another scale than the input table's
+    t5.save_pretrained(tmp_path / "untied")
+    item_tokenizer.save_pretrained(tmp_path / "untied")
+    users, items = np.array([1, 1, 1, 2, 2]), np.array([1, 2, 3, 2, 3])
+    cfg = ModelConfig(backbone=str(tmp_path / "untied"), id_tokens="item", item_init="cooccurrence")
+    start = item_token_start(item_tokenizer, 12)
+    model = build_model(cfg, 5, 12, users, items, len(item_tokenizer), 0, start)
+    vectors = torch.from_numpy(cooccurrence_embedding(users, items, 12, 16))
+    rows = start + np.array([1, 2, 3]) - 1
+    for before, after in ((t5.shared.weight, model.t5.shared.weight), (t5.lm_head.weight, model.t5.lm_head.weight)):
+        torch.testing.assert_close(after.detach()[rows], vectors[[1, 2, 3]] * before.detach().pow(2).mean().sqrt())
+        torch.testing.assert_close(after.detach()[start + 3], before.detach()[start + 3])  # item 4: no pair, kept

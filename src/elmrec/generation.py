@@ -251,8 +251,8 @@ def top_columns(scores: np.ndarray, k: int) -> np.ndarray:
     ``np.argsort(-scores, axis=1, kind="stable")[:, :k]`` without sorting whole rows (a full sort
     of 12,000 items per user was half the time of ranking them)."""
     n, m = scores.shape
-    k = min(k, m)
-    if k == m or not n:
+    k = max(0, min(k, m))
+    if k in (0, m) or not n or np.isnan(scores).any():  # (topk would rank NaN first, argsort last)
         return np.argsort(-scores, axis=1, kind="stable")[:, :k]
     kth = torch.topk(torch.from_numpy(scores), k, dim=1).values[:, -1].numpy()  # 20x np.argpartition
     rows, cols = np.nonzero(scores >= kth[:, None])  # >= k per row (ties at the k-th), columns ascending

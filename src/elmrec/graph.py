@@ -93,7 +93,9 @@ def cooccurrence_embedding(
     are V sqrt(L) for the ``dim`` largest eigenpairs of D^-1/2 C D^-1/2, where C[a, b] sums 1/k
     over the pairs of a user's training sequence k <= ``window`` steps apart; so e_a . e_b
     approximates the normalised co-occurrence of a and b. Scaled to a mean square of 1 per entry
-    (T5's initial token scale); row 0 and items without a neighbour are zero rows.
+    (T5's initial token scale); row 0 and items without a neighbour are zero rows. Each connected
+    group of items owns an eigenvalue of 1, so with more such groups than ``dim`` the vectors
+    mostly say which group an item is in (Beauty's sequences form far fewer).
     ``users``/``items``: training interactions, users ascending, each user's oldest first
     (``Dataset.train_pairs``)."""
     users, items = np.asarray(users), np.asarray(items)
@@ -106,17 +108,18 @@ def cooccurrence_embedding(
         cols += [b, a]
         weights.append(np.full(2 * len(a), 1.0 / k))
     c = sp.csr_matrix((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    if c.nnz == 0:  # no two items ever share a sequence: nothing to start from
+        return np.zeros((n, dim), dtype=np.float32)
     degree = np.asarray(c.sum(1)).ravel()
     inv_sqrt = np.zeros(n)
     inv_sqrt[degree > 0] = degree[degree > 0] ** -0.5
     a_hat = sp.diags(inv_sqrt) @ c @ sp.diags(inv_sqrt)
-    k = min(dim, n - 2)
     if n <= max(2 * dim, 500):  # small: the dense solver (also when dim >= n - 1)
         values, vectors = np.linalg.eigh(a_hat.toarray())
         values, vectors = values[::-1][: min(dim, n)], vectors[:, ::-1][:, : min(dim, n)]
-    else:
+    else:  # n > 2 dim, so k = dim < n as eigsh requires
         v0 = np.random.default_rng(seed).standard_normal(n)  # Lanczos' start: seeded, so reproducible
-        values, vectors = eigsh(a_hat, k=k, which="LA", v0=v0)
+        values, vectors = eigsh(a_hat, k=dim, which="LA", v0=v0)
     out = np.zeros((n, dim), dtype=np.float64)
     out[:, : len(values)] = vectors * np.sqrt(np.clip(values, 0, None))
     out[degree == 0] = 0.0

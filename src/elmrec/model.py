@@ -330,12 +330,17 @@ class ELMRec(nn.Module):
 
     @torch.no_grad()
     def init_item_tokens(self, vectors: torch.Tensor) -> None:
-        """Item scheme: item k's token embedding (input and tied output row) := ``vectors[k - 1]``;
-        all-zero rows (items without co-occurrence) keep their random start."""
-        rows = vectors.to(self.t5.shared.weight)
-        keep = rows.abs().sum(1) > 0
-        weight = self.t5.shared.weight[self.item_token_start : self.item_token_start + self.n_items]
-        weight[keep] = rows[keep]
+        """Item scheme: item k's token embedding := ``vectors[k - 1]``, in the input table and the
+        output head (the same tensor unless the backbone unties them); all-zero rows (items without
+        co-occurrence) keep their start. ``vectors`` have T5's initial scale (mean square 1); a
+        pretrained backbone's tables get them at their own scale (root mean square)."""
+        items = slice(self.item_token_start, self.item_token_start + self.n_items)
+        keep = vectors.abs().sum(1) > 0
+        for table in {id(w): w for w in (self.t5.shared.weight, self.t5.lm_head.weight)}.values():
+            rows = vectors.to(table)
+            if self.config.backbone:
+                rows = rows * table.pow(2).mean().sqrt()
+            table[items][keep] = rows[keep]
 
     # --- checkpoints ---------------------------------------------------------------------------
     def save_pretrained(
