@@ -523,3 +523,48 @@ def test_item_init_reaches_an_untied_output_head_at_the_backbone_scale(item_toke
     for before, after in ((t5.shared.weight, model.t5.shared.weight), (t5.lm_head.weight, model.t5.lm_head.weight)):
         torch.testing.assert_close(after.detach()[rows], vectors[[1, 2, 3]] * before.detach().pow(2).mean().sqrt())
         torch.testing.assert_close(after.detach()[start + 3], before.detach()[start + 3])  # item 4: no pair, kept
+
+
+def test_graph_init_starts_e0_from_cooccurrence_so_users_sit_by_their_items(item_tokenizer):
+    """graph_init cooccurrence: E0's item rows are graph_sigma times the spectral vectors, its user
+    rows zero; propagated, a user's graph vector scores its own group's items above the other's.
+    The graph table is about ids, not tokens, so the digits scheme takes it too."""
+    from elmrec.graph import cooccurrence_embedding
+
+    # two item groups: users 1-3 buy items 1-3, users 4-6 buy items 4-6, in varied orders
+    orders = [[1, 2, 3], [2, 3, 1], [3, 1, 2], [4, 5, 6], [5, 6, 4], [6, 4, 5]]
+    users = np.repeat(np.arange(1, 7), 3)
+    items = np.concatenate(orders)
+    cfg = ModelConfig(size="tiny", id_tokens="item", graph_init="cooccurrence", graph_sigma=2.0)
+    start = item_token_start(item_tokenizer, 12)
+    model = build_model(cfg, 6, 12, users, items, len(item_tokenizer), 0, start)
+    vectors = torch.from_numpy(cooccurrence_embedding(users, items, 12, 128, seed=0))
+    e0 = model.graph_table.detach()
+    torch.testing.assert_close(e0[7:], 2.0 * vectors[1:])
+    assert not e0[:7].any()  # padding and users
+    plain = build_model(ModelConfig(size="tiny", id_tokens="item"), 6, 12, users, items, len(item_tokenizer), 0, start)
+    assert torch.equal(model.t5.shared.weight, plain.t5.shared.weight)  # tokens untouched (item_init random)
+    model.eval()
+    e = model.graph_embeddings()
+    scores = e[1:7] @ e[7:13].T  # users 1..6 against items 1..6
+    for u in range(6):
+        own, other = scores[u, 3 * (u // 3) : 3 * (u // 3) + 3], scores[u, 3 * (1 - u // 3) : 3 * (1 - u // 3) + 3]
+        assert own.min() > other.max()
+    digits_cfg = ModelConfig(size="tiny", id_tokens="digits", graph_init="cooccurrence", graph_sigma=2.0)
+    digits = build_model(digits_cfg, 6, 12, users, items, len(item_tokenizer), 0)
+    torch.testing.assert_close(digits.graph_table.detach()[7:], 2.0 * vectors[1:])
+
+
+def test_without_edges_renormalises_the_graph_left():
+    """Taking edges out is A_hat of the interactions without them; a pair that is no edge changes
+    nothing, and the original matrix is left as it was."""
+    from elmrec.graph import normalized_adjacency, without_edges
+
+    users, items = np.array([1, 1, 2, 2, 3]), np.array([1, 2, 2, 3, 3])
+    a_hat = normalized_adjacency(3, 3, users, items)
+    before = a_hat.toarray().copy()
+    got = without_edges(a_hat, np.array([1, 2, 3]), np.array([3 + 2, 3 + 2, 3 + 1]))  # (2, 3 + 1) is no edge
+    np.testing.assert_allclose(got.toarray(), normalized_adjacency(3, 3, np.array([1, 2, 3]), np.array([1, 3, 3]))
+                               .toarray(), rtol=1e-6)
+    np.testing.assert_array_equal(a_hat.toarray(), before)
+    np.testing.assert_allclose(without_edges(a_hat, np.array([3]), np.array([3 + 1])).toarray(), before, rtol=1e-6)

@@ -393,3 +393,32 @@ def test_direct_decode_sequential_reads_the_candidates_from_the_history_row(trai
     rec.eval = replace(rec.eval, direct_decode="sequential")  # settings replaced after loading
     with pytest.raises(ValueError, match="trained on the sequential task"):
         rec.score_candidates(users, histories, candidates)
+
+
+def test_a_user_start_checkpoint_scores_direct_candidates_from_the_users_embedding(trained_checkpoint, tmp_path):
+    """Evaluation reads a user_start model as it was trained: the direct prompt's candidates
+    scored by the decoder step that starts from the user's input embedding (checked by hand
+    against the model's own pieces), not from T5's start token."""
+    from elmrec.generation import item_log_probs
+    from elmrec.prompts import EVAL_TEMPLATE, render
+    from elmrec.tasks import DIRECT, Sample
+    from elmrec.tokenization import encode_prompts
+
+    copy = _edited_copy(trained_checkpoint, tmp_path / "user-start", model={"user_start": True})
+    rec = Recommender.from_pretrained(copy, device="cpu")
+    plain = Recommender.from_pretrained(trained_checkpoint, device="cpu")
+    users, histories = np.array([1, 2]), [np.array([3, 4, 5]), np.array([7])]
+    candidates = np.array([[5, 9, 1, 11], [2, 7, 30, 12]])
+    got = rec.score_candidates(users, histories, candidates)
+    order = [np.random.default_rng([0, int(u)]).permutation(4) for u in users]  # the prompt's fixed shuffle
+    samples = [Sample(DIRECT, int(u), tuple(int(i) for i in c[o]), 0) for u, c, o in zip(users, candidates, order)]
+    model = rec.model
+    batch = encode_prompts(rec.tokenizer, [render(s, EVAL_TEMPLATE, rec.n_users, True) for s in samples], "cpu")
+    with torch.no_grad():
+        hidden, mask = model.encode(DIRECT, **batch)
+        graph = model.graph_embeddings()
+        start = torch.stack([model.t5.shared.weight[batch["input_ids"][k][batch["whole_word"][k] == int(u)][0]]
+                             + model.config.graph_alpha * graph[int(u)] for k, u in enumerate(users)])
+        by_hand = item_log_probs(model, hidden, mask, start).gather(1, torch.as_tensor(candidates - 1))
+    np.testing.assert_allclose(got, by_hand.numpy(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got, plain.score_candidates(users, histories, candidates), atol=1e-3)

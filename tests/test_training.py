@@ -686,6 +686,65 @@ def test_direct_candidate_loss_is_the_cross_entropy_over_the_listed_items():
     torch.testing.assert_close(everything, -(logp[0, 6] + logp[1, 0]) / 2, rtol=1e-5, atol=1e-5)
 
 
+def test_user_start_decodes_a_direct_prompt_from_the_users_own_input_embedding():
+    """user_start: the first decoder input is the user's token plus alpha times its graph-aware
+    whole-word embedding; training's loss is the cross-entropy of the scores that inference reads
+    from that start, and a prompt with the unknown user_0 starts from T5's start token."""
+    from elmrec.generation import item_log_probs
+    from elmrec.tasks import DIRECT
+
+    model, samples, batch, labels = _two_direct_prompts()
+    with torch.no_grad():
+        plain = model(DIRECT, **batch, labels=labels)
+        model.config.user_start = True
+        loss = model(DIRECT, **batch, labels=labels)
+        start = model.user_start(batch["input_ids"], batch["whole_word"])
+        graph = model.graph_embeddings()
+        for k, s in enumerate(samples):  # graph index of user u is u
+            token = model.t5.shared.weight[batch["input_ids"][k][batch["whole_word"][k] == s.user][0]]
+            torch.testing.assert_close(start[k], token + model.config.graph_alpha * graph[s.user])
+        hidden, mask = model.encode(DIRECT, **batch)
+        logp = item_log_probs(model, hidden, mask, start)
+        unknown = model.user_start(batch["input_ids"], batch["whole_word"].masked_fill(batch["whole_word"] <= 5, 0))
+    expected = [-(logp[k, s.target - 1] - logp[k, [i - 1 for i in s.items]].logsumexp(0))
+                for k, s in enumerate(samples)]
+    torch.testing.assert_close(loss, torch.stack(expected).mean(), rtol=1e-5, atol=1e-5)
+    assert abs(float(loss - plain)) > 1e-3  # the start is read
+    torch.testing.assert_close(unknown, model.t5.shared.weight[model.t5.config.decoder_start_token_id].expand(2, -1))
+
+
+def test_hide_direct_edges_propagates_a_training_batch_without_its_own_pairs():
+    """hide_direct_edges: a direct training batch's graph embeddings come from the graph without
+    its (user, positive) edges, so the loss is the one over that graph; validation (eval mode)
+    and the other tasks keep the whole training graph."""
+    from elmrec.graph import without_edges
+    from elmrec.model import build_model
+    from elmrec.prompts import render
+    from elmrec.tasks import DIRECT, SEQUENTIAL, Sample
+    from elmrec.tokenization import add_id_tokens, build_tokenizer, encode_prompts, encode_targets, item_token_start
+
+    tok = add_id_tokens(build_tokenizer(), 5, 12)
+    cfg = _cfg(size="tiny", dropout=0.0, hide_direct_edges=True).model
+    users, items = np.array([1, 2, 2, 3, 4]), np.array([1, 3, 4, 5, 3])
+    model = build_model(cfg, 5, 12, users, items, len(tok), 0, item_token_start(tok, 12))
+    samples = [Sample(DIRECT, 2, (3, 7, 11), 3), Sample(DIRECT, 4, (12, 3), 3)]  # both are training edges
+    batch = encode_prompts(tok, [render(s, 1, 5, True) for s in samples])
+    labels = encode_targets(tok, [f"item_{s.target}" for s in samples])
+    model.train()
+    hidden_users, hidden_items = model.training_edges(DIRECT, batch["whole_word"], labels)
+    assert hidden_users.tolist() == [2, 4] and hidden_items.tolist() == [5 + 3, 5 + 3]
+    with torch.no_grad():
+        loss = model(DIRECT, **batch, labels=labels)
+        by_hand = model(DIRECT, **batch, labels=labels,
+                        graph=model._propagate(without_edges(model.adjacency, hidden_users, hidden_items)))
+        whole = model(DIRECT, **batch, labels=labels, graph=model._propagate())
+    torch.testing.assert_close(loss, by_hand)
+    assert abs(float(loss - whole)) > 1e-4
+    assert model.training_edges(SEQUENTIAL, batch["whole_word"], labels) is None
+    model.eval()
+    assert model.training_edges(DIRECT, batch["whole_word"], labels) is None
+
+
 def test_label_smoothing_spreads_over_what_the_softmax_can_output():
     """(1 - e) * cross-entropy + e * the mean of -log p over the softmax's outputs: every item and
     </s> for the item softmax, the listed items for the candidate one (not -inf elsewhere)."""
@@ -791,6 +850,8 @@ def test_a_graph_head_scores_an_item_by_its_token_and_graph_embeddings_and_train
     (dict(id_tokens="digits", direct_loss="candidates"), "direct_loss 'candidates' needs"),
     (dict(id_tokens="digits", graph_head=True), "graph_head needs"),
     (dict(last_item_start=True), "last_item_start needs"),
+    (dict(id_tokens="digits", user_start=True), "user_start needs"),
+    (dict(id_tokens="digits", hide_direct_edges=True), "hide_direct_edges needs"),
 ])
 def test_item_scheme_training_options_are_refused_with_digits(fields, message):
     with pytest.raises(ValueError, match=message):

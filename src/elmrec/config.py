@@ -67,6 +67,22 @@ class ModelConfig:
     # co-occurrence (graph.cooccurrence_embedding), so a fresh model need not discover which items
     # go together before it can learn what comes next
     item_init: typing.Literal["random", "cooccurrence"] = "random"
+    # departure, "random" = the paper's N(0, sigma^2) features: "cooccurrence" starts the graph
+    # table E0's item rows from the same spectral vectors (times graph_sigma) and its user rows at
+    # zero, so LightGCN makes a user's graph vector the mix of its training items' vectors and a
+    # user and the items it would pick are close from the first step (random features propagated
+    # over Beauty's graph rank the direct candidates below popularity: docs/findings.md)
+    graph_init: typing.Literal["random", "cooccurrence"] = "random"
+    # departure (item scheme): the decoder's first input for a direct prompt is the user's own
+    # input embedding (its token plus its graph-aware whole-word embedding) instead of T5's start
+    # token, so the one step that scores the candidates starts from who is asking (the direct
+    # twin of last_item_start; T5's cross-attention has no positions to find the user by)
+    user_start: bool = False
+    # departure: a direct training prompt's graph-aware embeddings are propagated over the training
+    # graph without its own (user, positive) edges, as evaluation's held-out items are never in
+    # the graph; the paper's propagation keeps them, so a model can learn to pick the candidate
+    # that is its user's neighbour, which no held-out candidate is
+    hide_direct_edges: bool = False
     dropout: float = 0.1  # T5 hidden-state dropout
     # dropout on attention probabilities (T5 ties it to `dropout`); 0 keeps a (B, H, L, L) mask
     # per layer out of training (docs/performance.md)
@@ -219,6 +235,10 @@ def _validate(data: dict) -> Config:
         problems.append(f"model.item_init {cfg.model.item_init!r} needs model.id_tokens 'item' (one token per item)")
     if cfg.model.last_item_start and not cfg.model.causal_history:
         problems.append("model.last_item_start needs model.causal_history (the path that trains it)")
+    if cfg.model.hide_direct_edges and cfg.model.id_tokens != "item":
+        problems.append("model.hide_direct_edges needs model.id_tokens 'item' (a direct label is one item token)")
+    if cfg.model.user_start and cfg.model.id_tokens != "item":
+        problems.append("model.user_start needs model.id_tokens 'item' (direct scoring in one decoder step)")
     if cfg.model.graph_head and cfg.model.id_tokens != "item":
         problems.append("model.graph_head needs model.id_tokens 'item' (one output row per item)")
     if cfg.model.direct_loss == "candidates" and cfg.model.id_tokens != "item":

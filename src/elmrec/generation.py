@@ -139,12 +139,13 @@ def item_log_probs(
     """Item scheme: (B, n_items) fp32 log P(item k + 1 | prompt) of the first decoded token, over the
     outputs the model trains on (``ELMRec.item_logits``): the exact ranking of all items, and of any
     candidates, in one decoder step. ``start``: (B,) first decoder inputs (``ELMRec.decoder_start``;
-    default T5's start token)."""
+    default T5's start token) or (B, d) their embeddings (``ELMRec.user_start``)."""
     if start is None:
         start = _start(hidden.shape[0], hidden.device, model.t5.config.decoder_start_token_id)
-    else:
+    elif start.dim() == 1:
         start = start[:, None]
-    states = model.t5.decoder(input_ids=start, encoder_hidden_states=hidden, encoder_attention_mask=mask,
+    embeds = start[:, None] if start.is_floating_point() else model.t5.shared(start)
+    states = model.t5.decoder(inputs_embeds=embeds, encoder_hidden_states=hidden, encoder_attention_mask=mask,
                               use_cache=False).last_hidden_state
     return model.item_logits(states[:, -1]).log_softmax(-1)[:, 1:]
 

@@ -30,6 +30,22 @@ def normalized_adjacency(n_users: int, n_items: int, users: np.ndarray, items: n
     return sp.csr_matrix((values, (rows, cols)), shape=(n, n))
 
 
+def without_edges(adjacency: sp.csr_matrix, a: np.ndarray, b: np.ndarray) -> sp.csr_matrix:
+    """The A_hat of the same graph with the edges (a[k], b[k]) (node indices, both directions)
+    taken out and the degrees renormalised; pairs that are not edges change nothing."""
+    binary = adjacency.copy()
+    binary.data = np.ones_like(binary.data)
+    a, b = np.array(a, dtype=np.int64), np.array(b, dtype=np.int64)  # own copies: scipy indexes in place
+    present = np.asarray(binary[a, b]).ravel() > 0  # setting only existing entries keeps the structure
+    binary[a[present], b[present]] = 0
+    binary[b[present], a[present]] = 0
+    binary.eliminate_zeros()
+    degree = np.asarray(binary.sum(1)).ravel()
+    inv_sqrt = np.zeros(len(degree), dtype=np.float32)
+    inv_sqrt[degree > 0] = degree[degree > 0] ** -0.5
+    return sp.csr_matrix(sp.diags(inv_sqrt) @ binary @ sp.diags(inv_sqrt), dtype=np.float32)
+
+
 def _propagate_numpy(adjacency: sp.csr_matrix, x: np.ndarray, layers: int, self_weight: float) -> np.ndarray:
     out = x * np.float32(self_weight)
     h = x

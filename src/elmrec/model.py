@@ -34,7 +34,7 @@ from . import attention
 from .checkpoint import GRAPH_FILE, MODEL_CONFIG_FILE, WEIGHTS_FILE, stored_model_config
 from .config import ModelConfig
 from .dropout import replace_dropout
-from .graph import cooccurrence_embedding, lightgcn, normalized_adjacency, to_torch_sparse
+from .graph import cooccurrence_embedding, lightgcn, normalized_adjacency, to_torch_sparse, without_edges
 from .io import atomic_directory
 from .tasks import DIRECT, EXPLANATION, SEQUENTIAL, TASK_IDS
 from .tokenization import id_scheme, item_token_start
@@ -109,8 +109,12 @@ class ELMRec(nn.Module):
         self._torch_adjacency: tuple | None = None
 
     # --- whole-word embeddings ---------------------------------------------------------------
-    def graph_embeddings(self) -> torch.Tensor:
-        """E = LightGCN(E0), recomputed in training (gradients reach E0), cached for inference."""
+    def graph_embeddings(self, hidden_edges: tuple[np.ndarray, np.ndarray] | None = None) -> torch.Tensor:
+        """E = LightGCN(E0), recomputed in training (gradients reach E0), cached for inference.
+        ``hidden_edges``: (user nodes, item nodes) left out of the propagation (``training_edges``)."""
+        if hidden_edges is not None:
+            self._graph_cache = None
+            return self._propagate(without_edges(self.adjacency, *hidden_edges))
         if self.training or torch.is_grad_enabled():
             self._graph_cache = None
             return self._propagate()
@@ -120,12 +124,12 @@ class ELMRec(nn.Module):
             self._graph_cache = self._propagate().detach()
         return self._graph_cache
 
-    def _propagate(self) -> torch.Tensor:
+    def _propagate(self, adjacency: sp.csr_matrix | None = None) -> torch.Tensor:
         if not self.config.use_graph:  # ablation: plain learned whole-word ids
             return self.graph_table
         table, layers, self_weight = self.graph_table, self.config.graph_layers, self.config.graph_self_weight
-        if table.device.type == "cpu" and table.dtype == torch.float32:
-            return lightgcn(self.adjacency, table, layers, self_weight)
+        if adjacency is not None or (table.device.type == "cpu" and table.dtype == torch.float32):
+            return lightgcn(self.adjacency if adjacency is None else adjacency, table, layers, self_weight)
         key = (table.device, table.dtype)  # GPU: copy the adjacency to the device once, not every step
         if self._torch_adjacency is None or self._torch_adjacency[0] != key:
             self._torch_adjacency = (key, to_torch_sparse(self.adjacency, table.device, table.dtype))
@@ -135,6 +139,18 @@ class ELMRec(nn.Module):
     def train(self, mode: bool = True):
         self._graph_cache = None  # parameters are about to change
         return super().train(mode)
+
+    def training_edges(self, task: str, whole_word: torch.Tensor, labels: torch.Tensor):
+        """(user nodes, item nodes) of a direct training batch's (user, positive) pairs, which a
+        ``hide_direct_edges`` model propagates without; None when nothing is hidden."""
+        if not (self.training and self.config.hide_direct_edges and task == DIRECT and self.config.use_graph
+                and self.item_token_start is not None):
+            return None
+        is_user = (whole_word > 0) & (whole_word <= self.n_users)
+        users = torch.where(is_user, whole_word, 0).amax(1)
+        items = self.n_users + labels[:, 0] - self.item_token_start + 1
+        keep = (users > 0) & (labels[:, 0] >= self.item_token_start)
+        return users[keep].cpu().numpy(), items[keep].cpu().numpy()
 
     def uses_graph(self, task: str) -> bool:
         """Whether the task's whole-word embeddings are the graph's (not the incremental ones)."""
@@ -217,6 +233,18 @@ class ELMRec(nn.Module):
             return start
         return torch.where(last_items > 0, last_items + self.item_token_start - 1, start)
 
+    def user_start(self, input_ids: torch.Tensor, whole_word: torch.Tensor,
+                   graph: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, d) first decoder inputs of direct prompts for a ``user_start`` model: the user's input
+        embedding as the encoder sees it (token + alpha * graph-aware whole-word embedding); T5's
+        start token for a prompt without a known user (user_0 has whole-word index 0)."""
+        is_user = (whole_word > 0) & (whole_word <= self.n_users)  # graph indices: users 1..n_users
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        at = is_user.int().argmax(1)
+        user = self.t5.shared(input_ids[rows, at]) + self.whole_word(DIRECT, whole_word[rows, at, None], graph)[:, 0]
+        start = self.t5.shared.weight[self.t5.config.decoder_start_token_id].expand_as(user)
+        return torch.where(is_user.any(1, keepdim=True), user.to(start.dtype), start)
+
     def is_item(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Item scheme: which prompt tokens are items (one token each, consecutive ids)."""
         return (input_ids >= self.item_token_start) & (input_ids < self.item_token_start + self.n_items)
@@ -279,11 +307,13 @@ class ELMRec(nn.Module):
 
     def _item_task_loss(
         self, task: str, input_ids: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
-        graph: torch.Tensor | None = None, smoothing: float = 0.0,
+        graph: torch.Tensor | None = None, smoothing: float = 0.0, start: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        steps = self.t5.shared(self.t5._shift_right(labels))
+        if start is not None:  # (B, d) the first decoder input (user_start)
+            steps = torch.cat([start[:, None].to(steps.dtype), steps[:, 1:]], dim=1)
         states = self.t5.decoder(
-            input_ids=self.t5._shift_right(labels), encoder_hidden_states=hidden, encoder_attention_mask=mask,
-            use_cache=False,
+            inputs_embeds=steps, encoder_hidden_states=hidden, encoder_attention_mask=mask, use_cache=False,
         ).last_hidden_state
         # logits at real target positions only (a batch's targets are padded to its longest); the
         # vocabulary id -> output row: </s> -> 0, item k -> k
@@ -318,12 +348,13 @@ class ELMRec(nn.Module):
         item task's softmax runs over </s> and the items only (``item_logits``). ``smoothing``:
         label smoothing over what the softmax can output (the listed items with the candidate softmax)."""
         if graph is None and self.needs_graph(task):  # propagated once for the input and the output
-            graph = self.graph_embeddings()
+            graph = self.graph_embeddings(self.training_edges(task, whole_word, labels))
         hidden, mask = self.encode(task, input_ids, attention_mask, whole_word, graph)
         if self.config.causal_history and task == SEQUENTIAL:
             return self._prefix_loss(input_ids, hidden, mask, labels, graph, smoothing)
         if self.item_token_start is not None and task != EXPLANATION:
-            return self._item_task_loss(task, input_ids, hidden, mask, labels, graph, smoothing)
+            start = self.user_start(input_ids, whole_word, graph) if self.config.user_start and task == DIRECT else None
+            return self._item_task_loss(task, input_ids, hidden, mask, labels, graph, smoothing, start)
         logits = self.t5(encoder_outputs=(hidden,), attention_mask=mask,
                          decoder_input_ids=self.t5._shift_right(labels)).logits
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), label_smoothing=smoothing)
@@ -341,6 +372,13 @@ class ELMRec(nn.Module):
             if self.config.backbone:
                 rows = rows * table.pow(2).mean().sqrt()
             table[items][keep] = rows[keep]
+
+    @torch.no_grad()
+    def init_graph_table(self, vectors: torch.Tensor) -> None:
+        """E0's item rows := ``graph_sigma * vectors`` (mean square 1, so the random features'
+        scale), its user rows := 0: after propagation a user's vector is its items' mix."""
+        self.graph_table.zero_()
+        self.graph_table[self.n_users + 1 :] = vectors.to(self.graph_table) * self.config.graph_sigma
 
     # --- checkpoints ---------------------------------------------------------------------------
     def save_pretrained(
@@ -418,9 +456,13 @@ def build_model(
     adjacency = normalized_adjacency(n_users, n_items, train_users, train_items)
     torch.manual_seed(seed + 1)
     model = ELMRec(config, t5, n_users, n_items, adjacency, item_token_start)
-    if config.item_init == "cooccurrence":
-        vectors = cooccurrence_embedding(train_users, train_items, n_items, t5.config.d_model, seed=seed)
-        model.init_item_tokens(torch.from_numpy(vectors[1:]))
+    if "cooccurrence" in (config.item_init, config.graph_init):
+        vectors = torch.from_numpy(
+            cooccurrence_embedding(train_users, train_items, n_items, t5.config.d_model, seed=seed)[1:])
+        if config.item_init == "cooccurrence":
+            model.init_item_tokens(vectors)
+        if config.graph_init == "cooccurrence":
+            model.init_graph_table(vectors)
     return model
 
 

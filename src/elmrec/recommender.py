@@ -118,12 +118,20 @@ class Recommender:
             self._trie = build_trie(self.tokenizer, [np.arange(1, self.n_items + 1)]).to(self.device)
         return self._trie
 
-    def _encode(self, samples: list[Sample]):
+    def _encode(self, samples: list[Sample], with_start: bool = False):
+        """Encoder states and mask of the samples' prompts (one task); ``with_start``: also the first
+        decoder inputs of a direct prompt (``ELMRec.user_start``; None without ``user_start``)."""
         prompts = [render(s, EVAL_TEMPLATE, self.n_users, self.model.config.use_incremental,
                           self.model.config.sequential_user) for s in samples]
         batch = encode_prompts(self.tokenizer, prompts, self.device)
         with torch.no_grad():
-            return self.model.encode(samples[0].task, **batch)
+            hidden, mask = self.model.encode(samples[0].task, **batch)
+            if not with_start:
+                return hidden, mask
+            start = None
+            if self.model.config.user_start and samples[0].task == DIRECT:
+                start = self.model.user_start(batch["input_ids"], batch["whole_word"])
+            return hidden, mask, start
 
     def _autocast(self):
         """bf16 autocast of ``eval_amp`` around the encoder and decoder. The heads of our own
@@ -163,8 +171,9 @@ class Recommender:
     ) -> torch.Tensor:
         """Exact log P(item | prompt) of (B, C) item ids for encoded prompts, in either id scheme:
         the first decoder step's row (``item``) or the prefix-tree pass over their pieces (``digits``).
-        ``start``: the first decoder inputs (``ELMRec.decoder_start``); T5's start token if None,
-        which is right for every prompt but a ``last_item_start`` model's sequential ones."""
+        ``start``: the first decoder inputs (``ELMRec.decoder_start``) or their embeddings
+        (``ELMRec.user_start``); T5's start token if None, which is right for every prompt but a
+        ``last_item_start`` model's sequential ones and a ``user_start`` model's direct ones."""
         if self.id_tokens == "item":
             columns = torch.as_tensor(np.asarray(items) - 1, device=self.device)
             return item_log_probs(self.model, hidden, mask, start).gather(1, columns)
@@ -293,9 +302,9 @@ class Recommender:
         out = np.empty(candidates.shape)
         for rows in self._batches(samples):
             with self._autocast():
-                hidden, mask = self._encode([samples[r] for r in rows])
+                hidden, mask, start = self._encode([samples[r] for r in rows], with_start=True)
                 if self.eval.direct_decode == "score":
-                    out[rows] = self.item_log_likelihood(hidden, mask, candidates[rows]).cpu().numpy()
+                    out[rows] = self.item_log_likelihood(hidden, mask, candidates[rows], start).cpu().numpy()
                 else:
                     out[rows] = self._beam_scores(hidden, mask, candidates[rows])
         self._stats["users"] += len(users)

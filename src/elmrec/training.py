@@ -114,7 +114,7 @@ def forward_backward(
     parts = list(chunks(batch, micro_batch_size, length_groups))
     graph = shared = None
     if len(parts) > 1 and model.needs_graph(batch.task):
-        graph = model.graph_embeddings()
+        graph = model.graph_embeddings(model.training_edges(batch.task, batch.inputs["whole_word"], batch.labels))
         shared = graph.detach().requires_grad_(graph.requires_grad)
     total = torch.zeros((), device=batch.labels.device)
     for inputs, labels in parts:
