@@ -114,8 +114,11 @@ def candidate_reading(rec: Recommender, dataset, users: np.ndarray, batch_size: 
     for k in range(0, len(samples), batch_size):
         chunk = samples[k : k + batch_size]
         prompts = [render(s, EVAL_TEMPLATE, dataset.n_users, model.config.use_incremental) for s in chunk]
-        hidden, mask = model.encode("direct", **encode_prompts(rec.tokenizer, prompts, rec.device))
-        listed, unlisted = (rec.item_log_likelihood(hidden, mask, items)
+        batch = encode_prompts(rec.tokenizer, prompts, rec.device)
+        hidden, mask = model.encode("direct", **batch)
+        # a user_start model's direct step starts from the user, as it was trained
+        start = model.user_start(batch["input_ids"], batch["whole_word"]) if model.config.user_start else None
+        listed, unlisted = (rec.item_log_likelihood(hidden, mask, items, start)
                             for items in unlisted_items(dataset, chunk, rng))
         wins.append((listed[:, :, None] > unlisted[:, None, :]).float().mean(dim=(1, 2)))
         gaps.append(listed.mean(1) - unlisted.mean(1))

@@ -390,17 +390,19 @@ def test_the_quality_benchmark_skips_a_no_graph_row_that_would_train_the_same_mo
     assert "no-graph" not in report["results"]["p5"] and not (out / "p5" / "no-graph").exists()
 
 
-def test_the_shipped_sequential_recipe_is_the_one_benchmarked():
-    """configs/beauty-cpu-sequential.yaml resolves to the configuration of the sequential model
-    whose figures BENCHMARKS.md reports (its report records the flags it ran with)."""
+@pytest.mark.parametrize("recipe, report_file", [("beauty-cpu-sequential.yaml", "beauty-60min-seq.json"),
+                                                 ("beauty-cpu-direct.yaml", "beauty-60min-direct.json")])
+def test_the_shipped_recipes_are_the_ones_benchmarked(recipe, report_file):
+    """Each recipe in configs/ resolves to the configuration of the model whose figures
+    BENCHMARKS.md reports (its report records the flags it ran with)."""
     from elmrec.config import config_from_dict, load_config
 
     root = Path(__file__).resolve().parents[1]
-    report = json.loads((root / "benchmarks" / "results" / "beauty-60min-seq.json").read_text())
+    report = json.loads((root / "benchmarks" / "results" / report_file).read_text())
     for reindexing, rows in report["results"].items():
         measured = config_from_dict(rows["elmrec (train)"]["config"])  # as the run resolved and saved it
         benchmark_flags = ("size", "budget_minutes", "valid_users", "threads", "device", "seed")
-        shipped = load_config(root / "configs" / "beauty-cpu-sequential.yaml", preset=report["preset"],
+        shipped = load_config(root / "configs" / recipe, preset=report["preset"],
                               overrides={k: report["overrides"][k] for k in benchmark_flags})
         # what the run resolved from its device
         shipped.train = replace(shipped.train, length_groups=measured.train.length_groups,
@@ -440,6 +442,9 @@ def test_every_ablation_row_resolves_against_the_shipped_recipe():
         assert cfg.eval == base.eval, row
     digits = load_config(recipe, overrides=bench.ABLATIONS["digits"])
     assert digits.model.id_tokens == "digits" and not digits.model.causal_history
+    direct = recipe.with_name("beauty-cpu-direct.yaml")  # the graph's ablation runs on the direct recipe
+    no_graph = load_config(direct, overrides=bench.ABLATIONS["no-graph"])
+    assert replace(no_graph.model, use_graph=True) == load_config(direct).model and not no_graph.model.use_graph
 
 
 def test_reports_mark_a_commit_whose_tracked_files_were_changed(tmp_path):

@@ -563,7 +563,7 @@ def test_without_edges_renormalises_the_graph_left():
     users, items = np.array([1, 1, 2, 2, 3]), np.array([1, 2, 2, 3, 3])
     a_hat = normalized_adjacency(3, 3, users, items)
     before = a_hat.toarray().copy()
-    got = without_edges(a_hat, np.array([1, 2, 3]), np.array([3 + 2, 3 + 2, 3 + 1]))  # (2, 3 + 1) is no edge
+    got = without_edges(a_hat, np.array([1, 2, 3]), np.array([3 + 2, 3 + 2, 3 + 1]))  # (3, 3 + 1) is no edge
     np.testing.assert_allclose(got.toarray(), normalized_adjacency(3, 3, np.array([1, 2, 3]), np.array([1, 3, 3]))
                                .toarray(), rtol=1e-6)
     np.testing.assert_array_equal(a_hat.toarray(), before)

@@ -320,16 +320,18 @@ def test_a_checkpoint_older_than_a_model_field_reads_it_as_trained(trained_check
     with, whatever today's defaults are; the model's and the run's configuration agree."""
     from elmrec import checkpoint
 
-    fields = ("causal_history", "direct_loss", "sequential_user", "graph_head", "last_item_start")
+    fields = ("causal_history", "direct_loss", "sequential_user", "graph_head", "last_item_start", "user_start")
     old = _edited_copy(trained_checkpoint, tmp_path / "old", drop=fields)
     rec = Recommender.from_pretrained(old)
     for cfg in (rec.model.config, rec.run.model):
-        assert tuple(getattr(cfg, f) for f in (*fields, "id_tokens")) == (False, "items", True, False, False, "item")
+        assert tuple(getattr(cfg, f) for f in (*fields, "id_tokens")) == (False, "items", True, False, False, False,
+                                                                          "item")
     # what a checkpoint older than each field was trained with, whatever the defaults become
     legacy = checkpoint.stored_model_config({})
     assert legacy == {"id_tokens": "digits", "causal_history": False, "direct_loss": "items",
                       "sequential_user": True, "graph_head": False,
-                      "last_item_start": False}
+                      "last_item_start": False, "item_init": "random", "graph_init": "random",
+                      "user_start": False, "hide_direct_edges": False}
     assert checkpoint.stored_model_config({"causal_history": True})["causal_history"] is True  # stored wins
 
 

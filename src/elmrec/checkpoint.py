@@ -34,7 +34,8 @@ DATAMAPS_FILE, STATE_FILE = "datamaps.json", "training_state.pt"
 # trained with (a field's default today may differ)
 LEGACY_MODEL_FIELDS = {"id_tokens": "digits", "causal_history": False, "direct_loss": "items",
                        "sequential_user": True, "graph_head": False,
-                       "last_item_start": False}
+                       "last_item_start": False, "item_init": "random", "graph_init": "random",
+                       "user_start": False, "hide_direct_edges": False}
 
 
 def stored_model_config(fields: dict) -> dict:

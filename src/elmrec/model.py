@@ -128,13 +128,17 @@ class ELMRec(nn.Module):
         if not self.config.use_graph:  # ablation: plain learned whole-word ids
             return self.graph_table
         table, layers, self_weight = self.graph_table, self.config.graph_layers, self.config.graph_self_weight
-        if adjacency is not None or (table.device.type == "cpu" and table.dtype == torch.float32):
+        if table.device.type == "cpu" and table.dtype == torch.float32:
             return lightgcn(self.adjacency if adjacency is None else adjacency, table, layers, self_weight)
-        key = (table.device, table.dtype)  # GPU: copy the adjacency to the device once, not every step
-        if self._torch_adjacency is None or self._torch_adjacency[0] != key:
-            self._torch_adjacency = (key, to_torch_sparse(self.adjacency, table.device, table.dtype))
+        if adjacency is not None:  # a training batch's own graph (hide_direct_edges): copied each step
+            sparse = to_torch_sparse(adjacency, table.device, table.dtype)
+        else:  # GPU: copy the adjacency to the device once, not every step
+            key = (table.device, table.dtype)
+            if self._torch_adjacency is None or self._torch_adjacency[0] != key:
+                self._torch_adjacency = (key, to_torch_sparse(self.adjacency, table.device, table.dtype))
+            sparse = self._torch_adjacency[1]
         with torch.autocast(table.device.type, enabled=False):  # sparse products stay in the table's dtype
-            return lightgcn(self._torch_adjacency[1], table, layers, self_weight)
+            return lightgcn(sparse, table, layers, self_weight)
 
     def train(self, mode: bool = True):
         self._graph_cache = None  # parameters are about to change
@@ -242,7 +246,8 @@ class ELMRec(nn.Module):
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         at = is_user.int().argmax(1)
         user = self.t5.shared(input_ids[rows, at]) + self.whole_word(DIRECT, whole_word[rows, at, None], graph)[:, 0]
-        start = self.t5.shared.weight[self.t5.config.decoder_start_token_id].expand_as(user)
+        # a constant: a gradient for this one row would cost a zero-filled gradient of the whole table
+        start = self.t5.shared.weight[self.t5.config.decoder_start_token_id].detach().expand_as(user)
         return torch.where(is_user.any(1, keepdim=True), user.to(start.dtype), start)
 
     def is_item(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -376,7 +381,9 @@ class ELMRec(nn.Module):
     @torch.no_grad()
     def init_graph_table(self, vectors: torch.Tensor) -> None:
         """E0's item rows := ``graph_sigma * vectors`` (mean square 1, so the random features'
-        scale), its user rows := 0: after propagation a user's vector is its items' mix."""
+        scale), its user rows := 0: after propagation a user's vector is its items' mix. Items
+        without a co-occurring pair (zero vectors) start at zero too and take their users'
+        propagated vectors."""
         self.graph_table.zero_()
         self.graph_table[self.n_users + 1 :] = vectors.to(self.graph_table) * self.config.graph_sigma
 
