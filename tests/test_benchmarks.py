@@ -223,7 +223,8 @@ def test_candidate_reading_counts_listed_wins_and_samples_only_unlisted_items(tr
     rec = Recommender.from_pretrained(trained_checkpoint, device="cpu")
     calls = []
 
-    def planted(hidden, mask, items):
+    def planted(hidden, mask, items, start=None):
+        assert start is None  # the checkpoint has no user_start
         calls.append(items.shape)
         return torch.full(items.shape, 0.0 if len(calls) % 2 else -1.0)
 
