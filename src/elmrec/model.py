@@ -150,8 +150,7 @@ class ELMRec(nn.Module):
         if not (self.training and self.config.hide_direct_edges and task == DIRECT and self.config.use_graph
                 and self.item_token_start is not None):
             return None
-        is_user = (whole_word > 0) & (whole_word <= self.n_users)
-        users = torch.where(is_user, whole_word, 0).amax(1)
+        users = torch.where(self.is_user(whole_word), whole_word, 0).amax(1)
         items = self.n_users + labels[:, 0] - self.item_token_start + 1
         keep = (users > 0) & (labels[:, 0] >= self.item_token_start)
         return users[keep].cpu().numpy(), items[keep].cpu().numpy()
@@ -242,13 +241,18 @@ class ELMRec(nn.Module):
         """(B, d) first decoder inputs of direct prompts for a ``user_start`` model: the user's input
         embedding as the encoder sees it (token + alpha * graph-aware whole-word embedding); T5's
         start token for a prompt without a known user (user_0 has whole-word index 0)."""
-        is_user = (whole_word > 0) & (whole_word <= self.n_users)  # graph indices: users 1..n_users
+        is_user = self.is_user(whole_word)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         at = is_user.int().argmax(1)
         user = self.t5.shared(input_ids[rows, at]) + self.whole_word(DIRECT, whole_word[rows, at, None], graph)[:, 0]
         # a constant: a gradient for this one row would cost a zero-filled gradient of the whole table
         start = self.t5.shared.weight[self.t5.config.decoder_start_token_id].detach().expand_as(user)
         return torch.where(is_user.any(1, keepdim=True), user.to(start.dtype), start)
+
+    def is_user(self, whole_word: torch.Tensor) -> torch.Tensor:
+        """Which tokens of a graph-aware prompt (direct, explanation) belong to a known user: graph
+        indices 1..n_users (items follow them; user_0 and words have index 0)."""
+        return (whole_word > 0) & (whole_word <= self.n_users)
 
     def is_item(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Item scheme: which prompt tokens are items (one token each, consecutive ids)."""
